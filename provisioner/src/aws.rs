@@ -1,0 +1,304 @@
+//! The ELBv2 adapter: one SDK config loader, one client derived from it, every call counted, and
+//! every SDK error mapped to one sentence in [`map_sdk_error`].
+
+use std::time::Duration;
+
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_elasticloadbalancingv2::Client;
+use aws_sdk_elasticloadbalancingv2::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_elasticloadbalancingv2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetGroup};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
+
+use crate::diff::{ObservedTarget, Target};
+use crate::drift::TargetGroupFacts;
+use crate::metrics::ApiCalls;
+
+/// Most targets one RegisterTargets/DeregisterTargets call carries (what the AWS Load Balancer
+/// Controller uses too); a whole cluster's nodes normally fit in one call.
+pub const BATCH: usize = 200;
+
+/// Why an AWS call failed, in one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    #[error("cannot reach the AWS endpoint {endpoint}: {detail}")]
+    Unreachable { endpoint: String, detail: String },
+    #[error(
+        "no AWS credentials found by the default credential chain (environment, profile, web identity, ECS, instance metadata)"
+    )]
+    NoCredentials,
+    #[error("no AWS region configured: set AWS_REGION (or a profile region), or pass a handshake file that names one")]
+    NoRegion,
+    #[error("target group {arn} does not exist at {endpoint}")]
+    TargetGroupNotFound { arn: String, endpoint: String },
+    #[error("AWS {operation} at {endpoint} was refused: {code}: {message}")]
+    Service { operation: &'static str, endpoint: String, code: String, message: String },
+    #[error("AWS {operation} at {endpoint} timed out after retries: {detail}")]
+    Timeout { operation: &'static str, endpoint: String, detail: String },
+    #[error("AWS {operation} at {endpoint} failed: {detail}")]
+    Other { operation: &'static str, endpoint: String, detail: String },
+}
+
+/// Loads the one SDK config: default credential chain and region (falling back to
+/// `fallback_region`, e.g. the handshake's), explicit retry and timeout policy. The SDK itself
+/// honours `AWS_ENDPOINT_URL`.
+pub async fn load_sdk_config(fallback_region: Option<String>) -> SdkConfig {
+    let region = RegionProviderChain::default_provider().or_else(fallback_region.map(Region::new));
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        // Adaptive: retries throttling and 5xx with backoff, and slows this client down when
+        // throttled instead of adding to the account-wide pressure.
+        .retry_config(RetryConfig::adaptive().with_max_attempts(5).with_initial_backoff(Duration::from_millis(200)))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .operation_attempt_timeout(Duration::from_secs(10))
+                .operation_timeout(Duration::from_secs(40))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// The ELBv2 calls the provisioner makes. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Elb {
+    client: Client,
+    endpoint: String,
+    calls: ApiCalls,
+}
+
+impl Elb {
+    /// Derives the ELBv2 client from the SDK config, counting every operation into `calls`.
+    pub fn new(sdk: &SdkConfig, calls: ApiCalls) -> Result<Self, AwsError> {
+        let region = sdk.region().ok_or(AwsError::NoRegion)?;
+        let endpoint = sdk
+            .endpoint_url()
+            .map_or_else(|| format!("https://elasticloadbalancing.{region}.amazonaws.com"), str::to_owned);
+        let conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(sdk)
+            .interceptor(CountCalls { calls: calls.clone() })
+            .build();
+        Ok(Self { client: Client::from_conf(conf), endpoint, calls })
+    }
+
+    /// The counters this client records into.
+    pub fn calls(&self) -> &ApiCalls {
+        &self.calls
+    }
+
+    /// The endpoint calls go to, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The target group with this ARN; `None` if it does not exist.
+    pub async fn target_group(&self, arn: &str) -> Result<Option<TargetGroupFacts>, AwsError> {
+        let pages = self.client.describe_target_groups().target_group_arns(arn).into_paginator().items().send();
+        match pages.try_collect().await {
+            Ok(groups) => Ok(groups.iter().find(|g| g.target_group_arn() == Some(arn)).map(facts)),
+            Err(e) if e.code() == Some("TargetGroupNotFound") => Ok(None),
+            Err(e) => Err(self.map(e, "DescribeTargetGroups")),
+        }
+    }
+
+    /// The target group with this name (used only to tell "replaced" from "deleted").
+    pub async fn target_group_named(&self, name: &str) -> Result<Option<TargetGroupFacts>, AwsError> {
+        let pages = self.client.describe_target_groups().names(name).into_paginator().items().send();
+        match pages.try_collect().await {
+            Ok(groups) => Ok(groups.iter().find(|g| g.target_group_name() == Some(name)).map(facts)),
+            Err(e) if e.code() == Some("TargetGroupNotFound") => Ok(None),
+            Err(e) => Err(self.map(e, "DescribeTargetGroups")),
+        }
+    }
+
+    /// The deregistration delay attribute, in seconds.
+    pub async fn deregistration_delay(&self, arn: &str) -> Result<Option<u64>, AwsError> {
+        let out = self
+            .client
+            .describe_target_group_attributes()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .map_err(|e| self.map_tg(e, "DescribeTargetGroupAttributes", arn))?;
+        Ok(out
+            .attributes()
+            .iter()
+            .find(|a| a.key() == Some("deregistration_delay.timeout_seconds"))
+            .and_then(|a| a.value())
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// Every target in the group with its state; one call (the operation is not paginated).
+    /// `default_port` fills in targets reported without a port.
+    pub async fn target_health(&self, arn: &str, default_port: u16) -> Result<Vec<ObservedTarget>, AwsError> {
+        self.target_health_of(arn, default_port, &[]).await
+    }
+
+    /// Like [`Self::target_health`], restricted to `only` when not empty.
+    pub async fn target_health_of(
+        &self,
+        arn: &str,
+        default_port: u16,
+        only: &[Target],
+    ) -> Result<Vec<ObservedTarget>, AwsError> {
+        let out = self
+            .client
+            .describe_target_health()
+            .target_group_arn(arn)
+            .set_targets((!only.is_empty()).then(|| only.iter().map(describe).collect()))
+            .send()
+            .await
+            .map_err(|e| self.map_tg(e, "DescribeTargetHealth", arn))?;
+        Ok(out
+            .target_health_descriptions()
+            .iter()
+            .filter_map(|d| {
+                let t = d.target()?;
+                let health = d.target_health();
+                Some(ObservedTarget {
+                    target: Target {
+                        id: t.id()?.to_owned(),
+                        port: t.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(default_port),
+                    },
+                    state: health.and_then(|h| h.state()).map_or("unknown", |s| s.as_str()).to_owned(),
+                    reason: health.and_then(|h| h.reason()).map(|r| r.as_str().to_owned()),
+                })
+            })
+            .collect())
+    }
+
+    /// Registers targets, in as few calls as [`BATCH`] allows.
+    pub async fn register(&self, arn: &str, targets: &[Target]) -> Result<(), AwsError> {
+        for chunk in targets.chunks(BATCH) {
+            self.client
+                .register_targets()
+                .target_group_arn(arn)
+                .set_targets(Some(chunk.iter().map(describe).collect()))
+                .send()
+                .await
+                .map_err(|e| self.map_tg(e, "RegisterTargets", arn))?;
+        }
+        Ok(())
+    }
+
+    /// Deregisters targets, in as few calls as [`BATCH`] allows.
+    pub async fn deregister(&self, arn: &str, targets: &[Target]) -> Result<(), AwsError> {
+        for chunk in targets.chunks(BATCH) {
+            self.client
+                .deregister_targets()
+                .target_group_arn(arn)
+                .set_targets(Some(chunk.iter().map(describe).collect()))
+                .send()
+                .await
+                .map_err(|e| self.map_tg(e, "DeregisterTargets", arn))?;
+        }
+        Ok(())
+    }
+
+    fn map<E>(&self, err: SdkError<E, HttpResponse>, operation: &'static str) -> AwsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        map_sdk_error(err, operation, &self.endpoint)
+    }
+
+    fn map_tg<E>(&self, err: SdkError<E, HttpResponse>, operation: &'static str, arn: &str) -> AwsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        if err.code() == Some("TargetGroupNotFound") {
+            return AwsError::TargetGroupNotFound { arn: arn.to_owned(), endpoint: self.endpoint.clone() };
+        }
+        self.map(err, operation)
+    }
+}
+
+fn describe(t: &Target) -> TargetDescription {
+    TargetDescription::builder().id(&t.id).port(i32::from(t.port)).build()
+}
+
+fn facts(g: &TargetGroup) -> TargetGroupFacts {
+    TargetGroupFacts {
+        arn: g.target_group_arn().unwrap_or_default().to_owned(),
+        name: g.target_group_name().unwrap_or_default().to_owned(),
+        port: g.port().and_then(|p| u16::try_from(p).ok()),
+        target_type: g.target_type().map_or("instance", |t| t.as_str()).to_owned(),
+        protocol: g.protocol().map(|p| p.as_str().to_owned()),
+        health_check_path: g.health_check_path().map(str::to_owned),
+    }
+}
+
+/// The one place SDK errors become sentences.
+pub fn map_sdk_error<E>(err: SdkError<E, HttpResponse>, operation: &'static str, endpoint: &str) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let endpoint = endpoint.to_owned();
+    match &err {
+        SdkError::ServiceError(_) => AwsError::Service {
+            operation,
+            endpoint,
+            code: err.code().unwrap_or("unknown error").to_owned(),
+            message: err.message().unwrap_or("no message").to_owned(),
+        },
+        SdkError::TimeoutError(_) => AwsError::Timeout { operation, endpoint, detail: root_cause(&err) },
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
+            AwsError::Unreachable { endpoint, detail: root_cause(&err) }
+        }
+        SdkError::DispatchFailure(_) => {
+            let detail = DisplayErrorContext(&err).to_string();
+            // Identity resolution fails in the transmit phase, so it surfaces as a dispatch failure.
+            if detail.to_ascii_lowercase().contains("credentials") {
+                AwsError::NoCredentials
+            } else {
+                AwsError::Other { operation, endpoint, detail: root_cause(&err) }
+            }
+        }
+        _ => AwsError::Other { operation, endpoint, detail: root_cause(&err) },
+    }
+}
+
+/// The innermost cause: the part of the chain a reader can act on.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    // One sentence: some causes (the credential chain's) span lines.
+    current.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Counts every finished operation (one per operation, whatever its retries) by outcome.
+#[derive(Debug)]
+struct CountCalls {
+    calls: ApiCalls,
+}
+
+impl Intercept for CountCalls {
+    fn name(&self) -> &'static str {
+        "gatehouse-count-calls"
+    }
+
+    fn read_after_execution(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let operation = cfg.load::<Metadata>().map_or("unknown", |m| m.name());
+        let outcome = match context.output_or_error() {
+            Some(Ok(_)) => "ok",
+            Some(Err(e)) if e.is_operation_error() => "service_error",
+            Some(Err(e)) if e.is_timeout_error() => "timeout",
+            Some(Err(e)) if e.is_connector_error() => "unreachable",
+            _ => "error",
+        };
+        self.calls.record(operation, outcome);
+        Ok(())
+    }
+}

@@ -1,0 +1,300 @@
+//! The Terraform module's handshake output (`gatehouse`), parsed and validated.
+//!
+//! Accepts both shapes Terraform prints: `terraform output -json` for the whole root
+//! (`{"gatehouse": {"sensitive": false, "type": [...], "value": {...}}, ...}`) and
+//! `terraform output -json gatehouse` (the bare object). Unknown fields are ignored.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The only handshake schema this provisioner understands.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// The name of the Terraform output that carries the handshake.
+pub const OUTPUT_NAME: &str = "gatehouse";
+
+/// How the target group addresses its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetType {
+    /// Targets are EC2 instance ids (`i-...`), taken from the node's `providerID`.
+    Instance,
+    /// Targets are IP addresses, taken from the node's InternalIP.
+    Ip,
+}
+
+impl TargetType {
+    /// Parses the target type as AWS and the handshake spell it; `None` for types the
+    /// provisioner cannot register nodes as (`lambda`, `alb`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "instance" => Some(Self::Instance),
+            "ip" => Some(Self::Ip),
+            _ => None,
+        }
+    }
+
+    /// The spelling AWS and the handshake use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Instance => "instance",
+            Self::Ip => "ip",
+        }
+    }
+}
+
+impl fmt::Display for TargetType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The handshake as the Terraform module writes it (schema version 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Handshake {
+    pub region: String,
+    pub load_balancer_arn: String,
+    pub load_balancer_name: String,
+    pub load_balancer_dns_name: String,
+    pub target_group_arn: String,
+    pub target_group_name: String,
+    pub target_type: TargetType,
+    pub node_port: u16,
+    pub protocol: String,
+    pub health_check_path: String,
+    pub health_check_port: String,
+    pub deregistration_delay_seconds: u64,
+    pub vpc_id: String,
+}
+
+/// Why a handshake file could not be used. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("cannot read the handshake file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the handshake file {} is not valid JSON (line {line}, column {column}): expected `terraform output -json` or `terraform output -json gatehouse`", path.display())]
+    NotJson { path: PathBuf, line: usize, column: usize },
+    #[error("the handshake file {} has no `gatehouse` output and is not a bare handshake object", path.display())]
+    NoHandshake { path: PathBuf },
+    #[error("the handshake file {} is missing the required field `{field}`", path.display())]
+    Missing { path: PathBuf, field: &'static str },
+    #[error("the handshake file {} has an invalid `{field}`: {reason}", path.display())]
+    Invalid { path: PathBuf, field: &'static str, reason: String },
+    #[error("the handshake file {} has schema_version {found}; this provisioner understands only schema_version {SCHEMA_VERSION}", path.display())]
+    SchemaVersion { path: PathBuf, found: String },
+}
+
+/// Reads and validates a handshake file.
+pub fn load(path: &Path) -> Result<Handshake, HandshakeError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| HandshakeError::Read { path: path.to_owned(), source })?;
+    parse(&text, path)
+}
+
+/// Parses handshake text; `path` is only used to name the source in errors.
+pub fn parse(text: &str, path: &Path) -> Result<Handshake, HandshakeError> {
+    let root: Value = serde_json::from_str(text).map_err(|e| HandshakeError::NotJson {
+        path: path.to_owned(),
+        line: e.line(),
+        column: e.column(),
+    })?;
+    let object = locate(&root).ok_or_else(|| HandshakeError::NoHandshake { path: path.to_owned() })?;
+    let fields = Fields { object, path };
+
+    // The version decides how everything else is read, so it is checked first.
+    let version = fields.required("schema_version")?;
+    if version.as_u64() != Some(SCHEMA_VERSION) {
+        return Err(HandshakeError::SchemaVersion { path: path.to_owned(), found: version.to_string() });
+    }
+
+    let target_type_text = fields.string("target_type")?;
+    let target_type = TargetType::parse(&target_type_text).ok_or_else(|| {
+        fields.invalid("target_type", format!("{target_type_text:?} is neither \"instance\" nor \"ip\""))
+    })?;
+    let node_port = fields.number("node_port")?;
+    let node_port = u16::try_from(node_port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| fields.invalid("node_port", format!("{node_port} is not a port number")))?;
+
+    Ok(Handshake {
+        region: fields.string("region")?,
+        load_balancer_arn: fields.string("load_balancer_arn")?,
+        load_balancer_name: fields.string("load_balancer_name")?,
+        load_balancer_dns_name: fields.string("load_balancer_dns_name")?,
+        target_group_arn: fields.string("target_group_arn")?,
+        target_group_name: fields.string("target_group_name")?,
+        target_type,
+        node_port,
+        protocol: fields.string("protocol")?,
+        health_check_path: fields.string("health_check_path")?,
+        health_check_port: fields.string("health_check_port")?,
+        deregistration_delay_seconds: fields.number("deregistration_delay_seconds")?,
+        vpc_id: fields.string("vpc_id")?,
+    })
+}
+
+/// Finds the handshake object in either output shape.
+fn locate(root: &Value) -> Option<&Map<String, Value>> {
+    let object = root.as_object()?;
+    match object.get(OUTPUT_NAME) {
+        // Whole-root `terraform output -json`: every output is wrapped in {sensitive, type, value}.
+        Some(output) => output.get("value")?.as_object(),
+        None if object.contains_key("schema_version") => Some(object),
+        None => None,
+    }
+}
+
+struct Fields<'a> {
+    object: &'a Map<String, Value>,
+    path: &'a Path,
+}
+
+impl Fields<'_> {
+    fn required(&self, field: &'static str) -> Result<&Value, HandshakeError> {
+        match self.object.get(field) {
+            Some(Value::Null) | None => Err(HandshakeError::Missing { path: self.path.to_owned(), field }),
+            Some(v) => Ok(v),
+        }
+    }
+
+    fn string(&self, field: &'static str) -> Result<String, HandshakeError> {
+        match self.required(field)? {
+            Value::String(s) if !s.is_empty() => Ok(s.clone()),
+            Value::String(_) => Err(self.invalid(field, "it is empty".into())),
+            other => Err(self.invalid(field, format!("expected a string, found {other}"))),
+        }
+    }
+
+    /// Terraform prints numbers as JSON numbers; a string holding digits is accepted too,
+    /// because module authors sometimes `tostring()` their outputs.
+    fn number(&self, field: &'static str) -> Result<u64, HandshakeError> {
+        let value = self.required(field)?;
+        value
+            .as_u64()
+            .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+            .ok_or_else(|| self.invalid(field, format!("expected a non-negative whole number, found {value}")))
+    }
+
+    fn invalid(&self, field: &'static str, reason: String) -> HandshakeError {
+        HandshakeError::Invalid { path: self.path.to_owned(), field, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bare() -> Value {
+        json!({
+            "schema_version": 1,
+            "region": "us-east-1",
+            "load_balancer_arn": "arn:aws:elasticloadbalancing:us-east-1:000000000000:loadbalancer/app/gh/1",
+            "load_balancer_name": "gh",
+            "load_balancer_dns_name": "gh.elb.localhost",
+            "target_group_arn": "arn:aws:elasticloadbalancing:us-east-1:000000000000:targetgroup/gh/2",
+            "target_group_name": "gh",
+            "target_type": "ip",
+            "node_port": 30080,
+            "protocol": "HTTP",
+            "health_check_path": "/_gatehouse/ready",
+            "health_check_port": "traffic-port",
+            "deregistration_delay_seconds": 30,
+            "vpc_id": "vpc-1"
+        })
+    }
+
+    fn parse_value(v: &Value) -> Result<Handshake, HandshakeError> {
+        parse(&v.to_string(), Path::new("out.json"))
+    }
+
+    #[test]
+    fn bare_output_of_one_terraform_output_is_accepted() {
+        let h = parse_value(&bare()).expect("valid handshake");
+        assert_eq!(h.target_type, TargetType::Ip);
+        assert_eq!(h.node_port, 30080);
+        assert_eq!(h.deregistration_delay_seconds, 30);
+        assert_eq!(h.target_group_name, "gh");
+    }
+
+    #[test]
+    fn whole_root_terraform_output_is_accepted_and_other_outputs_ignored() {
+        let root = json!({
+            "alb_dns": {"sensitive": false, "type": "string", "value": "x"},
+            "gatehouse": {"sensitive": false, "type": ["object", {}], "value": bare()},
+        });
+        assert_eq!(parse_value(&root).expect("valid"), parse_value(&bare()).expect("valid"));
+    }
+
+    #[test]
+    fn unknown_extra_fields_are_ignored() {
+        let mut v = bare();
+        v["listener_arn"] = json!("arn:...");
+        assert!(parse_value(&v).is_ok());
+    }
+
+    #[test]
+    fn missing_field_is_named_with_the_file() {
+        let mut v = bare();
+        v.as_object_mut().expect("object").remove("target_group_arn");
+        let msg = parse_value(&v).expect_err("missing").to_string();
+        assert_eq!(msg, "the handshake file out.json is missing the required field `target_group_arn`");
+    }
+
+    #[test]
+    fn null_field_counts_as_missing() {
+        let mut v = bare();
+        v["node_port"] = Value::Null;
+        assert!(matches!(parse_value(&v), Err(HandshakeError::Missing { field: "node_port", .. })));
+    }
+
+    #[test]
+    fn other_schema_versions_are_refused() {
+        let mut v = bare();
+        v["schema_version"] = json!(2);
+        let msg = parse_value(&v).expect_err("v2").to_string();
+        assert!(msg.contains("schema_version 2"), "{msg}");
+        v.as_object_mut().expect("object").remove("schema_version");
+        // Without a version the bare object is not recognisable as a handshake at all.
+        assert!(matches!(parse_value(&v), Err(HandshakeError::NoHandshake { .. })));
+    }
+
+    #[test]
+    fn root_output_without_version_names_the_field() {
+        let mut inner = bare();
+        inner.as_object_mut().expect("object").remove("schema_version");
+        let root = json!({"gatehouse": {"value": inner}});
+        assert!(matches!(parse_value(&root), Err(HandshakeError::Missing { field: "schema_version", .. })));
+    }
+
+    #[test]
+    fn invalid_target_type_and_port_are_explained() {
+        let mut v = bare();
+        v["target_type"] = json!("lambda");
+        assert!(matches!(parse_value(&v), Err(HandshakeError::Invalid { field: "target_type", .. })));
+        let mut v = bare();
+        v["node_port"] = json!(70000);
+        assert!(matches!(parse_value(&v), Err(HandshakeError::Invalid { field: "node_port", .. })));
+        let mut v = bare();
+        v["node_port"] = json!("30080");
+        assert_eq!(parse_value(&v).expect("stringly port").node_port, 30080);
+    }
+
+    #[test]
+    fn non_json_and_unrelated_json_are_clear_errors() {
+        let err = parse("gatehouse = {", Path::new("h.tf")).expect_err("not json");
+        assert!(err.to_string().starts_with("the handshake file h.tf is not valid JSON"), "{err}");
+        let err = parse(r#"{"other": {"value": 1}}"#, Path::new("h.json")).expect_err("no output");
+        assert!(matches!(err, HandshakeError::NoHandshake { .. }));
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = load(Path::new("/nonexistent/handshake.json")).expect_err("missing");
+        assert!(err.to_string().starts_with("cannot read the handshake file /nonexistent/handshake.json"));
+    }
+}
