@@ -1,1 +1,303 @@
-//! gatehouse-proxy library.
+//! gatehouse-proxy: the edge proxy that routes by the gatehouse naming convention.
+//!
+//! A request for `api.example.com/foo/bar` goes to the Kubernetes Service `service-api-foo`
+//! (see `gatehouse-convention`), on one of its ready endpoints, with the path `/bar`.
+//!
+//! ```text
+//! accept (max_connections) -> hyper http1 (header limits, header read timeout, upgrades)
+//!   -> proxy::handle: readiness | convention route -> route table (ArcSwap, O(1))
+//!      -> endpoint (round-robin) -> pooled hyper-util client (connect/request timeouts,
+//!         one retry elsewhere when the connection could not be made) -> streamed response
+//!   errors -> error::error_response (the only status mapping)
+//! ```
+//!
+//! Tests run it in-process: [`Proxy::bind`] with `listen: 127.0.0.1:0`, then
+//! [`ProxyHandle::traffic_addr`] / [`ProxyHandle::admin_addr`] and [`ProxyHandle::drain`].
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod kubernetes;
+pub mod metrics;
+pub mod proxy;
+mod server;
+pub mod table;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::RequestBody;
+pub use crate::config::{Config, ConfigError, Settings};
+use crate::config::{Forwarded, Limits, Timeouts};
+use crate::headers::RequestIds;
+use crate::metrics::Metrics;
+use crate::table::RouteTable;
+
+/// State shared by the listeners, the handler and discovery.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current route table; discovery swaps in a new one, requests never wait.
+    pub table: ArcSwap<RouteTable>,
+    pub(crate) client: Client<HttpConnector, RequestBody>,
+    pub metrics: Metrics,
+    pub(crate) request_ids: RequestIds,
+    pub(crate) access_log: bool,
+    pub(crate) limits: Limits,
+    pub(crate) forwarded: Forwarded,
+    pub(crate) timeouts: Timeouts,
+    /// `1.1 <pseudonym>` for the `Via` header, when configured.
+    pub(crate) via: Option<http::HeaderValue>,
+    /// Set on SIGTERM: readiness fails from then on.
+    draining: AtomicBool,
+    /// Discovery has delivered a complete first view.
+    synced: AtomicBool,
+    pub(crate) open_connections: AtomicUsize,
+    pub(crate) tasks: Tracker,
+    /// Cancelled when the shutdown bound has passed: whatever still runs is cut.
+    pub(crate) kill: CancellationToken,
+}
+
+impl Shared {
+    /// Ready means: discovery has synced once and no drain has started.
+    pub fn is_ready(&self) -> bool {
+        self.synced.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Installs a new route table.
+    pub fn set_table(&self, table: RouteTable) {
+        self.metrics.routes.set(table.route_count() as i64);
+        self.table.store(Arc::new(table));
+        self.synced.store(true, Ordering::Relaxed);
+    }
+
+    /// Runs a task that shutdown waits for (bounded) and cuts after the bound.
+    pub(crate) fn spawn_tracked(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let guard = self.tasks.guard();
+        let kill = self.kill.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = task => {}
+                () = kill.cancelled() => {}
+            }
+            drop(guard);
+        });
+    }
+}
+
+/// Counts running connection and tunnel tasks so that shutdown can wait for them.
+#[derive(Debug, Default)]
+pub(crate) struct Tracker {
+    count: Arc<(AtomicUsize, Notify)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct TrackerGuard(Arc<(AtomicUsize, Notify)>);
+
+impl Tracker {
+    pub(crate) fn guard(&self) -> TrackerGuard {
+        self.count.0.fetch_add(1, Ordering::AcqRel);
+        TrackerGuard(self.count.clone())
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.count.1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.0.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackerGuard {
+    fn drop(&mut self) {
+        if self.0.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.1.notify_waiters();
+        }
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("Kubernetes client: {0}")]
+    Kubernetes(String),
+}
+
+/// Entry point for the binary and for in-process tests.
+#[derive(Debug)]
+pub struct Proxy;
+
+impl Proxy {
+    /// Binds both listeners and starts serving. Kubernetes discovery, if configured, builds
+    /// its client from the configured kubeconfig (or in-cluster / `KUBECONFIG`).
+    pub async fn bind(settings: Settings) -> Result<ProxyHandle, StartError> {
+        Self::bind_with(settings, None).await
+    }
+
+    /// Like [`Proxy::bind`], with a Kubernetes client supplied by the caller (tests point it
+    /// at an in-memory API server).
+    pub async fn bind_with(settings: Settings, kube_client: Option<kube::Client>) -> Result<ProxyHandle, StartError> {
+        let Settings { config, edges, static_services } = settings;
+        // Build the Kubernetes client before binding anything: a broken kubeconfig must not
+        // leave a port half-open.
+        let kube = match &config.discovery.kubernetes {
+            None => None,
+            Some(k) => Some(match kube_client {
+                Some(client) => (client, k.namespaces.clone()),
+                None => (kubernetes::client(k.kubeconfig.as_deref()).await?, k.namespaces.clone()),
+            }),
+        };
+
+        let traffic = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.admin_listen, source })?;
+        let traffic_addr = traffic.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: config.admin_listen, source })?;
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeouts.connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.timeouts.idle)
+            .build(connector);
+
+        let shared = Arc::new(Shared {
+            table: ArcSwap::from_pointee(RouteTable::new(edges.clone(), Vec::new(), Vec::new())),
+            client,
+            metrics: Metrics::new(),
+            request_ids: RequestIds::new(),
+            access_log: config.access_log,
+            limits: config.limits.clone(),
+            forwarded: config.forwarded.clone(),
+            timeouts: config.timeouts.clone(),
+            // Validated as a token by the config, so it is always a valid header value.
+            via: config.via.as_deref().and_then(|name| http::HeaderValue::from_str(&format!("1.1 {name}")).ok()),
+            draining: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
+            open_connections: AtomicUsize::new(0),
+            tasks: Tracker::default(),
+            kill: CancellationToken::new(),
+        });
+
+        let discovery = match (static_services, kube) {
+            (Some(services), _) => {
+                shared.set_table(RouteTable::from_static(edges, &services));
+                None
+            }
+            (None, Some((client, namespaces))) => {
+                Some(tokio::spawn(kubernetes::run(shared.clone(), client, edges, namespaces)))
+            }
+            (None, None) => unreachable!("validated config has static or Kubernetes discovery"),
+        };
+
+        let closing = CancellationToken::new();
+        let accept = tokio::spawn(server::serve(shared.clone(), traffic, closing.clone()));
+        let admin_stop = CancellationToken::new();
+        let admin_task = tokio::spawn(admin::serve(shared.clone(), admin, admin_stop.clone()));
+        let drain = CancellationToken::new();
+        let done =
+            tokio::spawn(lifecycle(shared.clone(), drain.clone(), closing, accept, admin_stop, admin_task, discovery));
+        tracing::info!(%traffic_addr, %admin_addr, "gatehouse-proxy listening");
+        Ok(ProxyHandle { traffic_addr, admin_addr, shared, drain, done })
+    }
+}
+
+/// Drain, in order: readiness fails at once; traffic is still served for `timeouts.drain`
+/// (the ALB needs that long to mark this target unhealthy and stop sending); then the
+/// listener closes, keep-alive connections are told to close after their current request,
+/// and in-flight work gets `timeouts.shutdown` before it is cut.
+async fn lifecycle(
+    shared: Arc<Shared>,
+    drain: CancellationToken,
+    closing: CancellationToken,
+    accept: JoinHandle<()>,
+    admin_stop: CancellationToken,
+    admin: JoinHandle<()>,
+    discovery: Option<JoinHandle<()>>,
+) {
+    drain.cancelled().await;
+    shared.draining.store(true, Ordering::Relaxed);
+    tracing::info!(drain = ?shared.timeouts.drain, "draining: readiness now fails");
+    tokio::time::sleep(shared.timeouts.drain).await;
+    closing.cancel();
+    let _ = accept.await;
+    tracing::info!("listener closed; waiting for in-flight requests");
+    if tokio::time::timeout(shared.timeouts.shutdown, shared.tasks.idle()).await.is_err() {
+        tracing::warn!(shutdown = ?shared.timeouts.shutdown, "in-flight requests cut after the shutdown bound");
+        shared.kill.cancel();
+    }
+    admin_stop.cancel();
+    let _ = admin.await;
+    if let Some(discovery) = discovery {
+        discovery.abort();
+    }
+    tracing::info!("stopped");
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct ProxyHandle {
+    traffic_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    drain: CancellationToken,
+    done: JoinHandle<()>,
+}
+
+impl ProxyHandle {
+    /// Where the traffic listener is bound (the real port when configured with port 0).
+    pub fn traffic_addr(&self) -> SocketAddr {
+        self.traffic_addr
+    }
+
+    /// Where the admin listener is bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The state shared with the request path: route table, metrics, readiness.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// What SIGTERM does: starts the drain and returns at once.
+    pub fn start_drain(&self) {
+        // Readiness flips here, synchronously, not when the lifecycle task next runs.
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.drain.cancel();
+    }
+
+    /// Starts the drain and waits until the proxy has stopped.
+    pub async fn drain(self) {
+        self.start_drain();
+        self.wait().await;
+    }
+
+    /// Waits until the proxy has stopped (after a drain was started).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}

@@ -1,0 +1,279 @@
+//! The hot path: route by the convention, pick an endpoint, forward, stream back.
+
+use std::error::Error as _;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use gatehouse_convention::{READY_PATH, route};
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::oneshot;
+
+use crate::Shared;
+use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::error::{ProxyError, error_response};
+use crate::headers::{X_REQUEST_ID, append_via, is_websocket_upgrade, remove_hop_by_hop, set_forwarded};
+use crate::metrics::UpstreamErrorKind;
+use crate::table::{Backend, Endpoint};
+
+/// What is known about the client connection, computed once per connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer IP as a header value, for `X-Forwarded-For`.
+    pub peer_ip: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr) -> Self {
+        let peer_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
+        Self { peer, peer_ip }
+    }
+}
+
+/// Serves one request. Never fails: every error is a response, made by `error_response`.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    if req.uri().path() == READY_PATH {
+        return Ok(readiness(&shared, req.method()));
+    }
+    let start = Instant::now();
+    shared.metrics.in_flight.inc();
+    let mut log = AccessLog::default();
+    let result = forward(&shared, &conn, req, &mut log).await;
+    let (mut response, backend) = match result {
+        Ok(ok) => ok,
+        Err((error, backend)) => {
+            log.error = Some(error.reason());
+            (error_response(error), backend)
+        }
+    };
+    if let Some(id) = log.request_id.clone() {
+        response.headers_mut().insert(&X_REQUEST_ID, id);
+    }
+    let elapsed = start.elapsed();
+    let status = response.status().as_u16();
+    shared.metrics.record(backend.as_deref(), status, elapsed);
+    shared.metrics.in_flight.dec();
+    if shared.access_log {
+        tracing::info!(
+            target: "gatehouse::access",
+            request_id = log.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+            client = %conn.peer,
+            method = %log.method,
+            host = log.host.as_deref().unwrap_or(""),
+            path = log.path.as_deref().unwrap_or(""),
+            edge = log.edge.as_deref().unwrap_or(""),
+            service = backend.as_ref().map_or("", |b| &*b.service_name),
+            upstream = log.upstream.map(|a| a.to_string()).unwrap_or_default(),
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            error = log.error.unwrap_or(""),
+        );
+    }
+    Ok(response)
+}
+
+fn readiness(shared: &Shared, method: &Method) -> Response<ResponseBody> {
+    let (status, body): (StatusCode, &'static [u8]) = if shared.is_ready() {
+        (StatusCode::OK, b"ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, b"not ready\n")
+    };
+    let body = if method == Method::HEAD { ResponseBody::Local(None) } else { ResponseBody::local(body) };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// Fields for the access log line, filled in as the request progresses.
+#[derive(Default)]
+struct AccessLog {
+    request_id: Option<HeaderValue>,
+    method: Method,
+    host: Option<String>,
+    path: Option<String>,
+    edge: Option<String>,
+    upstream: Option<SocketAddr>,
+    error: Option<&'static str>,
+}
+
+type Failure = (ProxyError, Option<Arc<Backend>>);
+
+async fn forward(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    log: &mut AccessLog,
+) -> Result<(Response<ResponseBody>, Option<Arc<Backend>>), Failure> {
+    log.request_id = Some(shared.request_ids.ensure(req.headers_mut()));
+    let table = shared.table.load();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let path_and_query = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+    if shared.access_log {
+        log.method = req.method().clone();
+        log.host = Some(host.to_owned());
+        log.path = Some(path_and_query.to_owned());
+    }
+    let route = route(&table.edges, host, path_and_query).map_err(|r| (ProxyError::Rejected(r), None))?;
+    if shared.access_log {
+        log.edge = Some(route.edge.host().to_owned());
+    }
+    let backend = table.services.get(route.service_name.as_str()).cloned().ok_or((ProxyError::UnknownService, None))?;
+    let fail = |e: ProxyError| (e, Some(backend.clone()));
+    let (first_index, first) = backend.pick().ok_or_else(|| fail(ProxyError::NoReadyEndpoint))?;
+    let path = PathAndQuery::from_maybe_shared(Bytes::from(route.upstream_path_and_query))
+        .map_err(|_| fail(ProxyError::Rejected(gatehouse_convention::Rejection::MalformedPath)))?;
+
+    let limit = shared.limits.max_body_bytes;
+    if let (Some(limit), Some(len)) = (limit, req.body().size_hint().exact())
+        && len > limit
+    {
+        return Err(fail(ProxyError::BodyTooLarge));
+    }
+
+    let websocket = is_websocket_upgrade(req.headers());
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+    remove_hop_by_hop(&mut parts.headers, websocket);
+    set_forwarded(&mut parts.headers, &conn.peer_ip, shared.forwarded.trusted_hops);
+    if let Some(via) = &shared.via {
+        append_via(&mut parts.headers, via);
+    }
+    parts.version = Version::HTTP_11;
+
+    // A retry needs the request again: keep a copy of the head only when a second endpoint
+    // exists, and get the body back only if it was never sent.
+    let can_retry = backend.endpoints.len() > 1;
+    let (body, mut reclaimed) = if incoming.is_end_stream() {
+        (RequestBody::empty(), None)
+    } else if can_retry {
+        let (tx, rx) = oneshot::channel();
+        (RequestBody::new(incoming, limit, Some(tx)), Some(rx))
+    } else {
+        (RequestBody::new(incoming, limit, None), None)
+    };
+    let retry_head = can_retry.then(|| (parts.method.clone(), parts.headers.clone(), path.clone()));
+    parts.uri = upstream_uri(first, path);
+    let attempt = Request::from_parts(parts, body);
+
+    let exchange = async {
+        log.upstream = Some(first.addr);
+        let e = match shared.client.request(attempt).await {
+            Ok(response) => return Ok(response),
+            Err(e) => e,
+        };
+        let first_error = upstream_error(shared, &e);
+        if !e.is_connect() {
+            return Err(first_error);
+        }
+        // Nothing reached the upstream: one more try on a different endpoint, if the head
+        // was kept and the body (if any) came back unsent.
+        let body = match (&mut reclaimed, retry_head.is_some()) {
+            (None, true) => Some(RequestBody::empty()),
+            (Some(rx), true) => rx.try_recv().ok().map(|b| RequestBody::new(b, limit, None)),
+            _ => None,
+        };
+        let (Some(second), Some(body), Some((method, headers, path))) =
+            (backend.pick_other(first_index), body, retry_head)
+        else {
+            return Err(first_error);
+        };
+        log.upstream = Some(second.addr);
+        let mut retry = Request::new(body);
+        *retry.method_mut() = method;
+        *retry.headers_mut() = headers;
+        *retry.uri_mut() = upstream_uri(second, path);
+        shared.client.request(retry).await.map_err(|e| upstream_error(shared, &e))
+    };
+    let mut response = match tokio::time::timeout(shared.timeouts.request, exchange).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => return Err(fail(error)),
+        Err(_elapsed) => {
+            shared.metrics.upstream_error(UpstreamErrorKind::Timeout);
+            return Err(fail(ProxyError::UpstreamTimeout));
+        }
+    };
+
+    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS && websocket;
+    let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
+    let (mut parts, upstream_body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers, upgraded);
+    if let Some(via) = &shared.via {
+        append_via(&mut parts.headers, via);
+    }
+    if let (Some(client_upgrade), Some(upstream_upgrade)) = (client_upgrade, upstream_upgrade) {
+        shared.spawn_tracked(tunnel(client_upgrade, upstream_upgrade));
+        return Ok((Response::from_parts(parts, ResponseBody::Local(None)), Some(backend)));
+    }
+    Ok((Response::from_parts(parts, ResponseBody::Upstream(upstream_body)), Some(backend)))
+}
+
+fn upstream_uri(endpoint: &Endpoint, path: PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(endpoint.authority.clone());
+    parts.path_and_query = Some(path);
+    Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
+}
+
+/// Counts an upstream failure and says what the client gets for it.
+fn upstream_error(shared: &Shared, e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut io_kind = None;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.downcast_ref::<BodyTooLarge>().is_some() {
+            return ProxyError::BodyTooLarge;
+        }
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        source = s.source();
+    }
+    let kind = match (e.is_connect(), io_kind) {
+        (true, Some(io::ErrorKind::TimedOut)) => UpstreamErrorKind::ConnectTimeout,
+        (true, _) => UpstreamErrorKind::ConnectRefused,
+        (false, Some(io::ErrorKind::TimedOut)) => UpstreamErrorKind::Timeout,
+        (false, Some(io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof)) => {
+            UpstreamErrorKind::Reset
+        }
+        _ => UpstreamErrorKind::Other,
+    };
+    shared.metrics.upstream_error(kind);
+    match kind {
+        UpstreamErrorKind::ConnectTimeout | UpstreamErrorKind::Timeout => ProxyError::UpstreamTimeout,
+        _ => ProxyError::UpstreamUnavailable,
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}

@@ -1,0 +1,208 @@
+//! Header handling, WebSocket, streaming, client limits and the graceful drain.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use gatehouse_tests::backends::{Backend, client, config, eventually, get, start_proxy};
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const HOST: &str = "api.example.com";
+
+#[tokio::test]
+async fn forwarded_headers_request_id_and_hop_by_hop_are_handled() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "forwarded: { trusted_hops: 1 }\n")).await;
+    let answer = get(
+        proxy.traffic_addr(),
+        HOST,
+        "/foo/x",
+        &[
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("connection", "keep-alive, x-drop-me"),
+            ("x-drop-me", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("x-kept", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let seen = &foo.requests()[0].headers;
+    // One trusted hop (the ALB): its entry is kept, the client-written one before it dropped.
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-host"], HOST);
+    assert_eq!(seen["host"], HOST);
+    assert_eq!(seen["x-kept"], "yes");
+    for gone in ["x-drop-me", "keep-alive", "te", "proxy-authorization"] {
+        assert!(!seen.contains_key(gone), "{gone} was forwarded");
+    }
+    let id = seen["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 32);
+    assert_eq!(answer.headers["x-request-id"], id, "the generated id is returned to the client");
+
+    let answer = get(proxy.traffic_addr(), HOST, "/foo/x", &[("x-request-id", "abc-123")]).await;
+    assert_eq!(answer.headers["x-request-id"], "abc-123");
+    assert_eq!(foo.requests()[1].headers["x-request-id"], "abc-123");
+}
+
+#[tokio::test]
+async fn untrusted_forwarded_headers_are_replaced() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "")).await;
+    get(proxy.traffic_addr(), HOST, "/foo/x", &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]).await;
+    let seen = &foo.requests()[0].headers;
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+}
+
+#[tokio::test]
+async fn websocket_echo_works_end_to_end() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "")).await;
+    let mut request = format!("ws://{}/foo/ws", proxy.traffic_addr()).into_client_request().unwrap();
+    request.headers_mut().insert("host", HOST.parse().unwrap());
+    let (mut ws, response) =
+        tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(request)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["hello", "world"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echoed, Message::text(text));
+    }
+    ws.close(None).await.unwrap();
+    assert_eq!(foo.requests()[0].path_and_query, "/ws");
+}
+
+#[tokio::test]
+async fn response_body_streams_without_waiting_for_the_end() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "")).await;
+    let req = http::Request::get(format!("http://{}/foo/stream", proxy.traffic_addr()))
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), client().request(req)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    // The backend sends `last` only after release(): `first` must arrive before that.
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first\n");
+    foo.release();
+    let rest = tokio::time::timeout(Duration::from_secs(5), body.collect()).await.unwrap().unwrap().to_bytes();
+    assert_eq!(rest, "last\n");
+}
+
+#[tokio::test]
+async fn slowloris_client_is_cut_off_after_the_header_read_timeout() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "timeouts: { header_read: 500ms }\n")).await;
+    let mut stream = TcpStream::connect(proxy.traffic_addr()).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(b"GET /foo/x HTTP/1.1\r\nHost: api.example.com\r\n").await.unwrap();
+    // Keep trickling header bytes; the proxy must close the connection anyway.
+    let mut closed = false;
+    for i in 0..40 {
+        if stream.write_all(format!("X-Slow-{i}: a\r\n").as_bytes()).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {} // a 408 may be written before the close
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "connection still open after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_millis(2000), "closed after {:?}", started.elapsed());
+    assert_eq!(foo.request_count(), 0);
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_431() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "limits: { max_header_bytes: 2048 }\n")).await;
+    let big = "a".repeat(4096);
+    let mut stream = TcpStream::connect(proxy.traffic_addr()).await.unwrap();
+    stream
+        .write_all(format!("GET /foo/x HTTP/1.1\r\nHost: api.example.com\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    assert_eq!(foo.request_count(), 0);
+}
+
+#[tokio::test]
+async fn drain_fails_readiness_at_once_and_lets_the_in_flight_request_finish() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "timeouts: { drain: 300ms, shutdown: 5s }\n")).await;
+    let addr = proxy.traffic_addr();
+    assert_eq!(get(addr, "x", "/_gatehouse/ready", &[]).await.status, StatusCode::OK);
+
+    // A request in flight when the drain starts: the backend holds it until release().
+    let req = http::Request::get(format!("http://{addr}/foo/stream"))
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let in_flight = tokio::spawn(async move {
+        let response = client().request(req).await.unwrap();
+        let status = response.status();
+        (status, response.into_body().collect().await.unwrap().to_bytes())
+    });
+    eventually(Duration::from_secs(5), "the backend has the request", || async { foo.request_count() == 1 }).await;
+
+    proxy.start_drain();
+    assert!(!proxy.shared().is_ready());
+    assert_eq!(get(addr, "x", "/_gatehouse/ready", &[]).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    // Still serving during the drain window.
+    assert_eq!(get(addr, HOST, "/foo/x", &[]).await.status, StatusCode::OK);
+
+    // After the drain window the listener closes...
+    eventually(Duration::from_secs(5), "the listener closes", || async { TcpStream::connect(addr).await.is_err() })
+        .await;
+    // ...but the request accepted before the drain still completes.
+    foo.release();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), in_flight).await.unwrap().unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"first\nlast\n"[..]));
+    tokio::time::timeout(Duration::from_secs(5), proxy.wait()).await.expect("proxy stops after the drain");
+}
+
+#[tokio::test]
+async fn via_names_this_proxy_on_the_request_and_the_response_after_earlier_hops() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "via: node-a\n")).await;
+    let answer = get(proxy.traffic_addr(), HOST, "/foo/x", &[("via", "1.1 edge-cdn")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let seen = &foo.requests()[0].headers;
+    let via: Vec<&str> = seen.get_all("via").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(via, ["1.1 edge-cdn", "1.1 node-a"], "earlier hops first, then this proxy");
+    let response_via: Vec<&str> = answer.headers.get_all("via").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(response_via, ["1.1 node-a"]);
+
+    let plain = start_proxy(&config(&[("foo", vec![foo.addr])], "")).await;
+    let answer = get(plain.traffic_addr(), HOST, "/foo/x", &[]).await;
+    assert!(answer.headers.get("via").is_none(), "no Via unless configured");
+}
+
+#[test]
+fn a_via_pseudonym_that_is_not_a_token_is_refused() {
+    let yaml = config(&[], "via: \"node a\"\n");
+    let error = gatehouse_proxy::Config::parse(&yaml, std::path::Path::new("p.yaml")).unwrap_err();
+    assert_eq!(error.to_string(), "p.yaml: via: \"node a\" is not a token (letters, digits, '-', '.', '_', '~')");
+}
