@@ -47,6 +47,10 @@ pub enum EdgeError {
     DuplicateHost { host: String },
     /// The default edge names a host that is not among the edges.
     UnknownDefault { host: String },
+    /// One prefix's Services are a subset of another's names (`service.api` and
+    /// `service.api.internal`, or `service.api-internal`): the shorter prefix's edge would
+    /// reach the longer one's Services, which may be meant for a different audience.
+    OverlappingPrefixes { prefix: String, within: String },
 }
 
 impl fmt::Display for EdgeError {
@@ -68,6 +72,10 @@ impl fmt::Display for EdgeError {
             Self::UnknownDefault { host } => {
                 write!(f, "default edge {host:?} is not one of the configured edge hosts")
             }
+            Self::OverlappingPrefixes { prefix, within } => write!(
+                f,
+                "prefix {prefix:?} overlaps prefix {within:?}: every Service named for {prefix:?} is also reachable through the edge of {within:?}; use prefixes that do not extend one another"
+            ),
         }
     }
 }
@@ -128,6 +136,20 @@ impl Edges {
         for (index, edge) in edges.iter().enumerate() {
             if by_host.insert(edge.host.clone(), index).is_some() {
                 return Err(EdgeError::DuplicateHost { host: edge.host.clone() });
+            }
+        }
+        // Service names, not prefixes, are what must not overlap: `service-api-` also starts
+        // `service-api-internal-`, whether that came from `service.api.internal` or
+        // `service.api-internal`. Equal prefixes on two hosts expose the same Services: fine.
+        for longer in &edges {
+            for shorter in &edges {
+                let (long, short) = (&longer.service_name_prefix, &shorter.service_name_prefix);
+                if long.len() > short.len() && long.starts_with(short.as_str()) {
+                    return Err(EdgeError::OverlappingPrefixes {
+                        prefix: longer.prefix.clone(),
+                        within: shorter.prefix.clone(),
+                    });
+                }
             }
         }
         let default = match default_host {

@@ -233,6 +233,26 @@ fn duplicate_hosts_and_unknown_defaults_are_refused() {
 }
 
 #[test]
+fn prefixes_whose_services_overlap_are_refused() {
+    let edge = |host: &str, prefix: &str| Edge::new(host, prefix).expect("valid edge");
+    for (public, internal) in [("service.api", "service.api.internal"), ("service.api", "service.api-internal")] {
+        let edges = vec![edge("api.example.com", public), edge("internal.example.com", internal)];
+        assert_eq!(
+            Edges::new(edges, None).err(),
+            Some(EdgeError::OverlappingPrefixes { prefix: internal.into(), within: public.into() }),
+            "{public} would expose {internal}'s Services"
+        );
+    }
+    // Neighbours that share a stem but not a name prefix, and one prefix on two hosts, are fine.
+    let fine = vec![
+        edge("api.example.com", "service.api"),
+        edge("www.example.com", "service.api"),
+        edge("apix.example.com", "service.apix"),
+    ];
+    assert!(Edges::new(fine, None).is_ok());
+}
+
+#[test]
 fn only_services_named_by_an_edge_prefix_are_exposed() {
     let edge = Edge::new("api.example.com", "service.api").expect("valid edge");
     assert_eq!(edge.segment_for_service("service-api-foo"), Some("foo"));
