@@ -60,10 +60,9 @@ impl fmt::Display for EdgeError {
                 f,
                 "host {host:?} is not a DNS name (lower-case letters, digits, '-' and '.', no port or scheme)"
             ),
-            Self::InvalidPrefix { prefix } => write!(
-                f,
-                "prefix {prefix:?} is not a dot-separated list of DNS labels such as \"service.api\""
-            ),
+            Self::InvalidPrefix { prefix } => {
+                write!(f, "prefix {prefix:?} is not a dot-separated list of DNS labels such as \"service.api\"")
+            }
             Self::PrefixTooLong { prefix } => write!(
                 f,
                 "prefix {prefix:?} leaves no room for a service segment within {MAX_SERVICE_NAME_LEN} characters"
@@ -290,10 +289,7 @@ pub fn is_dns_label(s: &str) -> bool {
     let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     match (bytes.first(), bytes.last()) {
         (Some(first), Some(last)) => {
-            bytes.len() <= 63
-                && alnum(first)
-                && alnum(last)
-                && bytes.iter().all(|b| alnum(b) || *b == b'-')
+            bytes.len() <= 63 && alnum(first) && alnum(last) && bytes.iter().all(|b| alnum(b) || *b == b'-')
         }
         _ => false,
     }

@@ -89,11 +89,7 @@ const REJECTED: &[(&str, &str, Rejection)] = &[
     ("api.example.com", "/foo@bar", Rejection::InvalidServiceSegment),
     ("api.example.com", "/foo;x=1", Rejection::InvalidServiceSegment),
     // "service-api-" is 12 characters: a 52-character segment makes 64
-    (
-        "api.example.com",
-        "/abcdefghijabcdefghijabcdefghijabcdefghijabcdefghij12",
-        Rejection::InvalidServiceSegment,
-    ),
+    ("api.example.com", "/abcdefghijabcdefghijabcdefghijabcdefghijabcdefghij12", Rejection::InvalidServiceSegment),
     // dot segments, raw: never resolved, never reach an upstream
     ("api.example.com", "/foo/../bar", Rejection::DotSegment),
     ("api.example.com", "/../bar", Rejection::DotSegment),
@@ -173,11 +169,9 @@ fn longest_allowed_service_name_is_63_characters() {
 
 #[test]
 fn default_edge_answers_unknown_hosts() {
-    let edges = Edges::new(
-        vec![Edge::new("api.example.com", "service.api").expect("valid edge")],
-        Some("API.example.com"),
-    )
-    .expect("valid edges");
+    let edges =
+        Edges::new(vec![Edge::new("api.example.com", "service.api").expect("valid edge")], Some("API.example.com"))
+            .expect("valid edges");
     let route = route(&edges, "anything.else", "/foo").expect("default edge routes");
     assert_eq!(route.service_name, "service-api-foo");
 }
@@ -221,10 +215,7 @@ fn duplicate_hosts_and_unknown_defaults_are_refused() {
         Edge::new("api.example.com", "service.api").expect("valid edge"),
         Edge::new("API.example.com", "service.other").expect("valid edge"),
     ];
-    assert_eq!(
-        Edges::new(twice, None).err(),
-        Some(EdgeError::DuplicateHost { host: "api.example.com".into() })
-    );
+    assert_eq!(Edges::new(twice, None).err(), Some(EdgeError::DuplicateHost { host: "api.example.com".into() }));
     let one = vec![Edge::new("api.example.com", "service.api").expect("valid edge")];
     assert_eq!(
         Edges::new(one, Some("www.example.com")).err(),

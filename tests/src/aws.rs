@@ -25,10 +25,7 @@ pub fn endpoint_url() -> anyhow::Result<String> {
 pub async fn sdk_config() -> anyhow::Result<SdkConfig> {
     endpoint_url()?;
     let region = RegionProviderChain::default_provider().or_else("us-east-1");
-    Ok(aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .load()
-        .await)
+    Ok(aws_config::defaults(BehaviorVersion::latest()).region(region).load().await)
 }
 
 /// An ELBv2 client on [`sdk_config`].

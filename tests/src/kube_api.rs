@@ -54,8 +54,7 @@ pub enum ResourceKind {
 
 impl ResourceKind {
     /// Every kind served.
-    pub const ALL: [ResourceKind; 4] =
-        [Self::Node, Self::Service, Self::EndpointSlice, Self::Lease];
+    pub const ALL: [ResourceKind; 4] = [Self::Node, Self::Service, Self::EndpointSlice, Self::Lease];
 
     /// The `kind` field value, e.g. `Node`.
     pub fn kind(self) -> &'static str {
@@ -107,11 +106,7 @@ impl ResourceKind {
 
     /// `nodes` or `leases.coordination.k8s.io`, as the real server names resources in messages.
     fn qualified_resource(self) -> String {
-        if self.group().is_empty() {
-            self.plural().to_string()
-        } else {
-            format!("{}.{}", self.plural(), self.group())
-        }
+        if self.group().is_empty() { self.plural().to_string() } else { format!("{}.{}", self.plural(), self.group()) }
     }
 
     /// Nodes and Services have a `status` subresource: the main endpoint ignores status changes.
@@ -125,9 +120,7 @@ impl ResourceKind {
     }
 
     fn from_path(group: &str, version: &str, plural: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.group() == group && version == "v1" && k.plural() == plural)
+        Self::ALL.into_iter().find(|k| k.group() == group && version == "v1" && k.plural() == plural)
     }
 }
 
@@ -150,10 +143,7 @@ pub struct FakeApiOptions {
 
 impl Default for FakeApiOptions {
     fn default() -> Self {
-        Self {
-            history_size: 1000,
-            bookmark_interval: Duration::from_secs(5),
-        }
+        Self { history_size: 1000, bookmark_interval: Duration::from_secs(5) }
     }
 }
 
@@ -172,12 +162,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            reason: reason.to_string(),
-            message: message.into(),
-            details: None,
-        }
+        Self { code, reason: reason.to_string(), message: message.into(), details: None }
     }
 
     fn resource_details(kind: ResourceKind, name: &str) -> Value {
@@ -190,29 +175,17 @@ impl ApiError {
 
     fn not_found(kind: ResourceKind, name: &str) -> Self {
         let message = format!("{} \"{name}\" not found", kind.qualified_resource());
-        Self {
-            details: Some(Self::resource_details(kind, name)),
-            ..Self::new(404, "NotFound", message)
-        }
+        Self { details: Some(Self::resource_details(kind, name)), ..Self::new(404, "NotFound", message) }
     }
 
     fn already_exists(kind: ResourceKind, name: &str) -> Self {
         let message = format!("{} \"{name}\" already exists", kind.qualified_resource());
-        Self {
-            details: Some(Self::resource_details(kind, name)),
-            ..Self::new(409, "AlreadyExists", message)
-        }
+        Self { details: Some(Self::resource_details(kind, name)), ..Self::new(409, "AlreadyExists", message) }
     }
 
     fn conflict(kind: ResourceKind, name: &str, why: &str) -> Self {
-        let message = format!(
-            "Operation cannot be fulfilled on {} \"{name}\": {why}",
-            kind.qualified_resource()
-        );
-        Self {
-            details: Some(Self::resource_details(kind, name)),
-            ..Self::new(409, "Conflict", message)
-        }
+        let message = format!("Operation cannot be fulfilled on {} \"{name}\": {why}", kind.qualified_resource());
+        Self { details: Some(Self::resource_details(kind, name)), ..Self::new(409, "Conflict", message) }
     }
 
     fn stale(kind: ResourceKind, name: &str) -> Self {
@@ -224,10 +197,7 @@ impl ApiError {
     }
 
     fn invalid(kind: ResourceKind, name: &str, field: &str, value: &Value, why: &str) -> Self {
-        let message = format!(
-            "{} \"{name}\" is invalid: {field}: Invalid value: {value}: {why}",
-            kind.kind()
-        );
+        let message = format!("{} \"{name}\" is invalid: {field}: Invalid value: {value}: {why}", kind.kind());
         let mut details = json!({
             "name": name,
             "kind": kind.kind(),
@@ -236,10 +206,7 @@ impl ApiError {
         if !kind.group().is_empty() {
             details["group"] = json!(kind.group());
         }
-        Self {
-            details: Some(details),
-            ..Self::new(422, "Invalid", message)
-        }
+        Self { details: Some(details), ..Self::new(422, "Invalid", message) }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -253,11 +220,7 @@ impl ApiError {
     fn unknown_path() -> Self {
         Self {
             details: Some(json!({})),
-            ..Self::new(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            )
+            ..Self::new(404, "NotFound", "the server could not find the requested resource")
         }
     }
 
@@ -321,12 +284,7 @@ impl IntoResponse for ApiError {
 }
 
 fn json_response(code: StatusCode, body: &Value) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// Where an object is stored; the BTreeMap order is etcd's key order within a kind.
@@ -420,24 +378,12 @@ impl Store {
     fn commit(&mut self, key: ObjectKey, event_type: EventType, mut object: Value) -> Value {
         self.resource_version += 1;
         let resource_version = self.resource_version;
-        set_metadata_field(
-            &mut object,
-            "resourceVersion",
-            json!(resource_version.to_string()),
-        );
+        set_metadata_field(&mut object, "resourceVersion", json!(resource_version.to_string()));
         let previous = match event_type {
             EventType::Deleted => self.objects.remove(&key),
-            EventType::Added | EventType::Modified => {
-                self.objects.insert(key.clone(), object.clone())
-            }
+            EventType::Added | EventType::Modified => self.objects.insert(key.clone(), object.clone()),
         };
-        self.history.push_back(HistoryEvent {
-            resource_version,
-            key,
-            event_type,
-            object: object.clone(),
-            previous,
-        });
+        self.history.push_back(HistoryEvent { resource_version, key, event_type, object: object.clone(), previous });
         while self.history.len() > self.history_size {
             if let Some(dropped) = self.history.pop_front() {
                 self.compacted_through = dropped.resource_version;
@@ -484,11 +430,7 @@ impl Store {
                 "resourceVersion should not be set on objects to be created",
             ));
         }
-        let key = ObjectKey {
-            kind,
-            namespace,
-            name: name.clone(),
-        };
+        let key = ObjectKey { kind, namespace, name: name.clone() };
         if self.objects.contains_key(&key) {
             return Err(ApiError::already_exists(kind, &name));
         }
@@ -522,27 +464,18 @@ impl Store {
                 "the name of the object ({body_name}) does not match the name on the URL ({name})"
             )));
         }
-        let key = ObjectKey {
-            kind,
-            namespace: namespace.clone(),
-            name: name.to_string(),
-        };
+        let key = ObjectKey { kind, namespace: namespace.clone(), name: name.to_string() };
         let Some(current) = self.objects.get(&key).cloned() else {
-            if mode == UpdateMode::Full
-                || (mode == UpdateMode::Main && kind.allows_create_on_update())
-            {
+            if mode == UpdateMode::Full || (mode == UpdateMode::Main && kind.allows_create_on_update()) {
                 remove_metadata_field(&mut object, "resourceVersion");
                 let ns = kind.namespaced().then_some(namespace.as_str());
-                return self
-                    .create(kind, ns, object, mode)
-                    .map(|created| (created, true));
+                return self.create(kind, ns, object, mode).map(|created| (created, true));
             }
             return Err(ApiError::not_found(kind, name));
         };
         if mode != UpdateMode::Full {
             let body_version = metadata_str(&object, "resourceVersion");
-            if !body_version.is_empty() && body_version != metadata_str(&current, "resourceVersion")
-            {
+            if !body_version.is_empty() && body_version != metadata_str(&current, "resourceVersion") {
                 return Err(ApiError::stale(kind, name));
             }
             let body_uid = metadata_str(&object, "uid");
@@ -576,13 +509,7 @@ impl Store {
             UpdateMode::Main | UpdateMode::Full => object,
         };
         // Server-owned metadata survives whatever the client sent.
-        for field in [
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "generation",
-            "resourceVersion",
-        ] {
+        for field in ["uid", "creationTimestamp", "deletionTimestamp", "generation", "resourceVersion"] {
             match current.get("metadata").and_then(|m| m.get(field)) {
                 Some(value) => set_metadata_field(&mut next, field, value.clone()),
                 None => remove_metadata_field(&mut next, field),
@@ -592,10 +519,7 @@ impl Store {
             self.allocate_service_addresses(&key, &mut next, Some(&current))?;
         }
         if without_metadata_and_status(&next) != without_metadata_and_status(&current) {
-            let generation = current
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
+            let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             set_metadata_field(&mut next, "generation", json!(generation + 1));
         }
         // The real server skips the write (and the event) when nothing changed.
@@ -624,17 +548,13 @@ impl Store {
                 let mut object = json!({});
                 merge_patch(&mut object, patch);
                 set_metadata_field(&mut object, "name", json!(name));
-                return self
-                    .create(kind, namespace, object, mode)
-                    .map(|created| (created, true));
+                return self.create(kind, namespace, object, mode).map(|created| (created, true));
             }
             return Err(ApiError::not_found(kind, name));
         };
         let current_version = metadata_str(&current, "resourceVersion").to_string();
         // A patch is unconditional unless it carries a resourceVersion itself.
-        if let Some(patch_version) = patch
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
+        if let Some(patch_version) = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str)
             && patch_version != current_version
         {
             return Err(ApiError::stale(kind, name));
@@ -645,11 +565,7 @@ impl Store {
         self.update(kind, namespace, name, merged, mode)
     }
 
-    fn delete(
-        &mut self,
-        key: &ObjectKey,
-        preconditions: Option<&Value>,
-    ) -> Result<Value, ApiError> {
+    fn delete(&mut self, key: &ObjectKey, preconditions: Option<&Value>) -> Result<Value, ApiError> {
         let Some(current) = self.objects.get(key).cloned() else {
             return Err(ApiError::not_found(key.kind, &key.name));
         };
@@ -683,33 +599,17 @@ impl Store {
         let Some(spec) = service.get_mut("spec").and_then(Value::as_object_mut) else {
             return Ok(());
         };
-        let service_type = spec
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("ClusterIP")
-            .to_string();
+        let service_type = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
         if !spec.contains_key("type") {
             spec.insert("type".into(), json!("ClusterIP"));
         }
-        if service_type != "ExternalName"
-            && spec
-                .get("clusterIP")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .is_empty()
-        {
-            let previous_ip = previous
-                .and_then(|p| p.pointer("/spec/clusterIP"))
-                .and_then(Value::as_str);
+        if service_type != "ExternalName" && spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").is_empty() {
+            let previous_ip = previous.and_then(|p| p.pointer("/spec/clusterIP")).and_then(Value::as_str);
             let ip = match previous_ip {
                 Some(ip) => ip.to_string(),
                 None => {
                     self.next_cluster_ip += 1;
-                    format!(
-                        "10.96.{}.{}",
-                        self.next_cluster_ip / 250,
-                        self.next_cluster_ip % 250 + 1
-                    )
+                    format!("10.96.{}.{}", self.next_cluster_ip / 250, self.next_cluster_ip % 250 + 1)
                 }
             };
             spec.insert("clusterIP".into(), json!(ip));
@@ -724,11 +624,8 @@ impl Store {
             .filter(|(k, _)| k.kind == ResourceKind::Service && *k != key)
             .flat_map(|(_, s)| node_ports(s))
             .collect();
-        let previous_ports: Vec<Value> = previous
-            .and_then(|p| p.pointer("/spec/ports"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let previous_ports: Vec<Value> =
+            previous.and_then(|p| p.pointer("/spec/ports")).and_then(Value::as_array).cloned().unwrap_or_default();
         let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) else {
             return Ok(());
         };
@@ -756,17 +653,10 @@ impl Store {
                     in_use.insert(node_port);
                 }
                 _ => {
-                    let same_port = previous_ports
-                        .iter()
-                        .find(|p| p.get("port") == port.get("port"));
-                    let kept = same_port
-                        .and_then(|p| p.get("nodePort"))
-                        .and_then(Value::as_i64);
-                    let node_port = kept.unwrap_or_else(|| {
-                        (30000..=32767)
-                            .find(|p| !in_use.contains(p))
-                            .unwrap_or(32767)
-                    });
+                    let same_port = previous_ports.iter().find(|p| p.get("port") == port.get("port"));
+                    let kept = same_port.and_then(|p| p.get("nodePort")).and_then(Value::as_i64);
+                    let node_port =
+                        kept.unwrap_or_else(|| (30000..=32767).find(|p| !in_use.contains(p)).unwrap_or(32767));
                     in_use.insert(node_port);
                     port.insert("nodePort".into(), json!(node_port));
                 }
@@ -780,34 +670,19 @@ fn node_ports(service: &Value) -> Vec<i64> {
     service
         .pointer("/spec/ports")
         .and_then(Value::as_array)
-        .map(|ports| {
-            ports
-                .iter()
-                .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
-                .collect()
-        })
+        .map(|ports| ports.iter().filter_map(|p| p.get("nodePort").and_then(Value::as_i64)).collect())
         .unwrap_or_default()
 }
 
 fn object_key(kind: ResourceKind, namespace: Option<&str>, name: &str) -> ObjectKey {
-    let namespace = if kind.namespaced() {
-        namespace.unwrap_or("default")
-    } else {
-        ""
-    };
-    ObjectKey {
-        kind,
-        namespace: namespace.to_string(),
-        name: name.to_string(),
-    }
+    let namespace = if kind.namespaced() { namespace.unwrap_or("default") } else { "" };
+    ObjectKey { kind, namespace: namespace.to_string(), name: name.to_string() }
 }
 
 /// Checks the body's apiVersion/kind against the URL and fills them in when missing.
 fn check_type_meta(kind: ResourceKind, object: &mut Value) -> Result<(), ApiError> {
     let Some(fields) = object.as_object_mut() else {
-        return Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        ));
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
     };
     for (field, expected) in [("kind", kind.kind()), ("apiVersion", kind.api_version())] {
         match fields.get(field).and_then(Value::as_str) {
@@ -817,10 +692,7 @@ fn check_type_meta(kind: ResourceKind, object: &mut Value) -> Result<(), ApiErro
             Some(actual) if actual != expected => {
                 return Err(ApiError::bad_request(format!(
                     "the API version in the data ({}) does not match the expected API version ({}) or kind ({actual}) does not match {expected}",
-                    fields
-                        .get("apiVersion")
-                        .and_then(Value::as_str)
-                        .unwrap_or(""),
+                    fields.get("apiVersion").and_then(Value::as_str).unwrap_or(""),
                     kind.api_version(),
                 )));
             }
@@ -834,11 +706,7 @@ fn check_type_meta(kind: ResourceKind, object: &mut Value) -> Result<(), ApiErro
 }
 
 /// Returns the object's namespace ("" for cluster-scoped kinds) after checking it against the URL.
-fn resolve_namespace(
-    kind: ResourceKind,
-    url_namespace: Option<&str>,
-    object: &mut Value,
-) -> Result<String, ApiError> {
+fn resolve_namespace(kind: ResourceKind, url_namespace: Option<&str>, object: &mut Value) -> Result<String, ApiError> {
     if !kind.namespaced() {
         remove_metadata_field(object, "namespace");
         return Ok(String::new());
@@ -874,31 +742,17 @@ fn validate_name(kind: ResourceKind, name: &str) -> Result<(), ApiError> {
             name.len() <= 253
                 && ends_ok
                 && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
-                && name.split('.').all(|part| {
-                    part.chars().next().is_some_and(alnum) && part.chars().last().is_some_and(alnum)
-                }),
+                && name
+                    .split('.')
+                    .all(|part| part.chars().next().is_some_and(alnum) && part.chars().last().is_some_and(alnum)),
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
         )
     };
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid(
-            kind,
-            name,
-            "metadata.name",
-            &json!(name),
-            why,
-        ))
-    }
+    if ok { Ok(()) } else { Err(ApiError::invalid(kind, name, "metadata.name", &json!(name), why)) }
 }
 
 fn metadata_str<'a>(object: &'a Value, field: &str) -> &'a str {
-    object
-        .get("metadata")
-        .and_then(|m| m.get(field))
-        .and_then(Value::as_str)
-        .unwrap_or("")
+    object.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or("")
 }
 
 fn set_metadata_field(object: &mut Value, field: &str, value: Value) {
@@ -952,20 +806,14 @@ fn merge_patch(target: &mut Value, patch: &Value) {
             if value.is_null() {
                 target_fields.remove(key);
             } else {
-                merge_patch(
-                    target_fields.entry(key.clone()).or_insert(Value::Null),
-                    value,
-                );
+                merge_patch(target_fields.entry(key.clone()).or_insert(Value::Null), value);
             }
         }
     }
 }
 
 fn rfc3339_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
@@ -977,21 +825,13 @@ fn rfc3339_now() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 fn random_bits(seed: u64) -> u128 {
     use std::hash::{BuildHasher, Hasher};
     let state = std::collections::hash_map::RandomState::new();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let mut high = state.build_hasher();
     high.write_u64(seed);
     high.write_u128(nanos);
@@ -1007,14 +847,7 @@ fn new_uid(seed: u64) -> String {
     let bits = (bits & !(0xF << 76)) | (0x4 << 76);
     let bits = (bits & !(0x3 << 62)) | (0x2 << 62);
     let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 /// Five characters from the alphabet the real generateName uses.
@@ -1076,46 +909,25 @@ fn split_terms(selector: &str) -> Vec<String> {
         current.push(c);
     }
     terms.push(current);
-    terms
-        .into_iter()
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty())
-        .collect()
+    terms.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
 }
 
 fn parse_label_selector(selector: &str) -> Result<Vec<LabelRequirement>, ApiError> {
     let invalid = |term: &str| {
-        ApiError::bad_request(format!(
-            "unable to parse requirement: invalid label selector term {term:?}"
-        ))
+        ApiError::bad_request(format!("unable to parse requirement: invalid label selector term {term:?}"))
     };
-    let valid_key = |key: &str| {
-        !key.is_empty()
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-    };
+    let valid_key = |key: &str| !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
     split_terms(selector)
         .into_iter()
         .map(|term| {
             if let Some(open) = term.find('(') {
-                let close = term
-                    .rfind(')')
-                    .filter(|&close| close > open)
-                    .ok_or_else(|| invalid(&term))?;
+                let close = term.rfind(')').filter(|&close| close > open).ok_or_else(|| invalid(&term))?;
                 let head: Vec<&str> = term[..open].split_whitespace().collect();
-                let values: Vec<String> = term[open + 1..close]
-                    .split(',')
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect();
+                let values: Vec<String> =
+                    term[open + 1..close].split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
                 return match head.as_slice() {
-                    [key, "in"] if valid_key(key) => {
-                        Ok(LabelRequirement::In(key.to_string(), values))
-                    }
-                    [key, "notin"] if valid_key(key) => {
-                        Ok(LabelRequirement::NotIn(key.to_string(), values))
-                    }
+                    [key, "in"] if valid_key(key) => Ok(LabelRequirement::In(key.to_string(), values)),
+                    [key, "notin"] if valid_key(key) => Ok(LabelRequirement::NotIn(key.to_string(), values)),
                     _ => Err(invalid(&term)),
                 };
             }
@@ -1123,9 +935,7 @@ fn parse_label_selector(selector: &str) -> Result<Vec<LabelRequirement>, ApiErro
                 LabelRequirement::NotExists(key.trim().to_string())
             } else if let Some((key, value)) = term.split_once("!=") {
                 LabelRequirement::NotEquals(key.trim().to_string(), value.trim().to_string())
-            } else if let Some((key, value)) =
-                term.split_once("==").or_else(|| term.split_once('='))
-            {
+            } else if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
                 LabelRequirement::Equals(key.trim().to_string(), value.trim().to_string())
             } else if term.contains(['<', '>']) {
                 return Err(invalid(&term));
@@ -1140,19 +950,12 @@ fn parse_label_selector(selector: &str) -> Result<Vec<LabelRequirement>, ApiErro
                 | LabelRequirement::In(k, _)
                 | LabelRequirement::NotIn(k, _) => k,
             };
-            if valid_key(key) {
-                Ok(requirement)
-            } else {
-                Err(invalid(&term))
-            }
+            if valid_key(key) { Ok(requirement) } else { Err(invalid(&term)) }
         })
         .collect()
 }
 
-fn parse_field_selector(
-    kind: ResourceKind,
-    selector: &str,
-) -> Result<Vec<FieldRequirement>, ApiError> {
+fn parse_field_selector(kind: ResourceKind, selector: &str) -> Result<Vec<FieldRequirement>, ApiError> {
     split_terms(selector)
         .into_iter()
         .map(|term| {
@@ -1161,23 +964,15 @@ fn parse_field_selector(
             } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
                 (f, v, true)
             } else {
-                return Err(ApiError::bad_request(format!(
-                    "invalid selector: '{term}'; can't understand '{term}'"
-                )));
+                return Err(ApiError::bad_request(format!("invalid selector: '{term}'; can't understand '{term}'")));
             };
             let field = field.trim();
             let supported = matches!(field, "metadata.name" | "metadata.namespace")
                 || (kind == ResourceKind::Node && field == "spec.unschedulable");
             if !supported {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {field}"
-                )));
+                return Err(ApiError::bad_request(format!("field label not supported: {field}")));
             }
-            Ok(FieldRequirement {
-                field: field.to_string(),
-                value: value.trim().to_string(),
-                equals,
-            })
+            Ok(FieldRequirement { field: field.to_string(), value: value.trim().to_string(), equals })
         })
         .collect()
 }
@@ -1190,30 +985,16 @@ impl ObjectFilter {
     ) -> Result<Self, ApiError> {
         Ok(Self {
             namespace: namespace.map(str::to_string),
-            labels: params
-                .get("labelSelector")
-                .map(|s| parse_label_selector(s))
-                .transpose()?
-                .unwrap_or_default(),
-            fields: params
-                .get("fieldSelector")
-                .map(|s| parse_field_selector(kind, s))
-                .transpose()?
-                .unwrap_or_default(),
+            labels: params.get("labelSelector").map(|s| parse_label_selector(s)).transpose()?.unwrap_or_default(),
+            fields: params.get("fieldSelector").map(|s| parse_field_selector(kind, s)).transpose()?.unwrap_or_default(),
         })
     }
 
     fn matches(&self, key: &ObjectKey, object: &Value) -> bool {
-        if self
-            .namespace
-            .as_ref()
-            .is_some_and(|ns| *ns != key.namespace)
-        {
+        if self.namespace.as_ref().is_some_and(|ns| *ns != key.namespace) {
             return false;
         }
-        let labels = object
-            .pointer("/metadata/labels")
-            .and_then(Value::as_object);
+        let labels = object.pointer("/metadata/labels").and_then(Value::as_object);
         let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         let labels_ok = self.labels.iter().all(|requirement| match requirement {
             LabelRequirement::Equals(k, v) => label(k) == Some(v.as_str()),
@@ -1228,11 +1009,7 @@ impl ObjectFilter {
                 let actual = match requirement.field.as_str() {
                     "metadata.name" => key.name.clone(),
                     "metadata.namespace" => key.namespace.clone(),
-                    _ => object
-                        .pointer("/spec/unschedulable")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false)
-                        .to_string(),
+                    _ => object.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false).to_string(),
                 };
                 (actual == requirement.value) == requirement.equals
             })
@@ -1258,9 +1035,7 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Store> {
         // A panicking test thread must not take the server down with it.
-        self.store
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs a mutation and wakes the watchers afterwards.
@@ -1325,9 +1100,7 @@ impl FakeApiServer {
             shutdown_tx: watch::Sender::new(false),
             activity_tx: watch::Sender::new(0),
         });
-        let router = Router::new()
-            .fallback(handle_request)
-            .with_state(shared.clone());
+        let router = Router::new().fallback(handle_request).with_state(shared.clone());
         let mut shutdown_rx = shared.shutdown_tx.subscribe();
         let server_task = tokio::spawn(async move {
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -1337,11 +1110,7 @@ impl FakeApiServer {
                 eprintln!("fake Kubernetes API server stopped with an error: {error}");
             }
         });
-        Ok(Self {
-            shared,
-            addr,
-            server_task: Some(server_task),
-        })
+        Ok(Self { shared, addr, server_task: Some(server_task) })
     }
 
     /// The base URL, e.g. `http://127.0.0.1:41234`.
@@ -1356,10 +1125,7 @@ impl FakeApiServer {
 
     /// A kube client configuration pointing at this server, default namespace `default`.
     pub fn config(&self) -> kube::Config {
-        let uri: Uri = self
-            .url()
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1"));
+        let uri: Uri = self.url().parse().unwrap_or_else(|_| Uri::from_static("http://127.0.0.1"));
         kube::Config::new(uri)
     }
 
@@ -1393,10 +1159,7 @@ impl FakeApiServer {
         self.shared.shutdown_tx.send_replace(true);
         if let Some(task) = self.server_task.take() {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
                 abort.abort();
             }
         }
@@ -1409,23 +1172,13 @@ impl FakeApiServer {
     pub fn apply(&self, object: Value) -> Result<Value, ApiError> {
         let kind_name = object.get("kind").and_then(Value::as_str).unwrap_or("");
         let Some(kind) = ResourceKind::from_kind(kind_name) else {
-            return Err(ApiError::bad_request(format!(
-                "the fake API server does not serve kind {kind_name:?}"
-            )));
+            return Err(ApiError::bad_request(format!("the fake API server does not serve kind {kind_name:?}")));
         };
         let name = metadata_str(&object, "name").to_string();
         let namespace = metadata_str(&object, "namespace").to_string();
-        let namespace = kind.namespaced().then(|| {
-            if namespace.is_empty() {
-                "default".to_string()
-            } else {
-                namespace
-            }
-        });
+        let namespace = kind.namespaced().then(|| if namespace.is_empty() { "default".to_string() } else { namespace });
         self.shared
-            .mutate(|store| {
-                store.update(kind, namespace.as_deref(), &name, object, UpdateMode::Full)
-            })
+            .mutate(|store| store.update(kind, namespace.as_deref(), &name, object, UpdateMode::Full))
             .map(|(stored, _)| stored)
     }
 
@@ -1434,30 +1187,20 @@ impl FakeApiServer {
     where
         K: Serialize + DeserializeOwned,
     {
-        let value =
-            serde_json::to_value(object).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let value = serde_json::to_value(object).map_err(|e| ApiError::bad_request(e.to_string()))?;
         let stored = self.apply(value)?;
         serde_json::from_value(stored).map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
     /// Deletes an object, emitting DELETED with its last state. `namespace` is ignored for Nodes.
-    pub fn delete(
-        &self,
-        kind: ResourceKind,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Result<Value, ApiError> {
+    pub fn delete(&self, kind: ResourceKind, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
         let key = object_key(kind, namespace, name);
         self.shared.mutate(|store| store.delete(&key, None))
     }
 
     /// The stored object, if any. `namespace` is ignored for Nodes; `None` means `default` otherwise.
     pub fn get(&self, kind: ResourceKind, namespace: Option<&str>, name: &str) -> Option<Value> {
-        self.shared
-            .lock()
-            .objects
-            .get(&object_key(kind, namespace, name))
-            .cloned()
+        self.shared.lock().objects.get(&object_key(kind, namespace, name)).cloned()
     }
 
     /// [`FakeApiServer::get`] for a typed object.
@@ -1471,13 +1214,7 @@ impl FakeApiServer {
 
     /// Every stored object of a kind, all namespaces, in key order.
     pub fn list(&self, kind: ResourceKind) -> Vec<Value> {
-        self.shared
-            .lock()
-            .objects
-            .iter()
-            .filter(|(k, _)| k.kind == kind)
-            .map(|(_, v)| v.clone())
-            .collect()
+        self.shared.lock().objects.iter().filter(|(k, _)| k.kind == kind).map(|(_, v)| v.clone()).collect()
     }
 
     /// The current global resourceVersion.
@@ -1507,22 +1244,12 @@ impl FakeApiServer {
 
     /// How many watch requests for `kind` have been accepted so far.
     pub fn watch_requests(&self, kind: ResourceKind) -> u64 {
-        self.shared
-            .lock()
-            .watch_requests
-            .get(&kind)
-            .copied()
-            .unwrap_or(0)
+        self.shared.lock().watch_requests.get(&kind).copied().unwrap_or(0)
     }
 
     /// How many watch streams for `kind` are open right now.
     pub fn open_watches(&self, kind: ResourceKind) -> usize {
-        self.shared
-            .lock()
-            .open_watches
-            .get(&kind)
-            .copied()
-            .unwrap_or(0)
+        self.shared.lock().open_watches.get(&kind).copied().unwrap_or(0)
     }
 
     /// Waits until at least `count` watch streams for `kind` are open. Wrap in a timeout.
@@ -1575,9 +1302,7 @@ fn parse_route(path: &str) -> Option<Route> {
         _ => return None,
     };
     let (namespace, rest) = match rest {
-        ["namespaces", namespace, rest @ ..] if !rest.is_empty() => {
-            (Some(namespace.to_string()), rest)
-        }
+        ["namespaces", namespace, rest @ ..] if !rest.is_empty() => (Some(namespace.to_string()), rest),
         _ => (None, rest),
     };
     let (plural, name, subresource) = match rest {
@@ -1588,21 +1313,13 @@ fn parse_route(path: &str) -> Option<Route> {
     };
     let kind = ResourceKind::from_path(group, version, plural)?;
     // Cluster-scoped kinds have no namespaced URLs; a namespaced object needs its namespace.
-    let shape_ok = !matches!(
-        (kind.namespaced(), &namespace, &name),
-        (false, Some(_), _) | (true, None, Some(_))
-    );
+    let shape_ok = !matches!((kind.namespaced(), &namespace, &name), (false, Some(_), _) | (true, None, Some(_)));
     let status_subresource = match subresource {
         None => false,
         Some("status") if kind.has_status_subresource() => true,
         Some(_) => return None,
     };
-    shape_ok.then_some(Route {
-        kind,
-        namespace,
-        name,
-        status_subresource,
-    })
+    shape_ok.then_some(Route { kind, namespace, name, status_subresource })
 }
 
 fn query_params(uri: &Uri) -> Result<HashMap<String, String>, ApiError> {
@@ -1612,14 +1329,11 @@ fn query_params(uri: &Uri) -> Result<HashMap<String, String>, ApiError> {
 }
 
 fn flag(params: &HashMap<String, String>, name: &str) -> bool {
-    params
-        .get(name)
-        .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    params.get(name).is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 fn parse_json_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
 /// `application/json;as=PartialObjectMetadata...` asks for metadata-only objects.
@@ -1680,29 +1394,16 @@ fn serve_resource(
 ) -> Result<Response, ApiError> {
     let route = parse_route(uri.path()).ok_or_else(ApiError::unknown_path)?;
     let params = query_params(uri)?;
-    if let Some(code) = shared
-        .lock()
-        .injected_errors
-        .get_mut(&route.kind)
-        .and_then(VecDeque::pop_front)
-    {
+    if let Some(code) = shared.lock().injected_errors.get_mut(&route.kind).and_then(VecDeque::pop_front) {
         return Err(ApiError::injected(code));
     }
     let kind = route.kind;
     let namespace = route.namespace.as_deref();
     let metadata_only = wants_metadata_only(headers);
     let render = |object: &Value| {
-        if metadata_only {
-            as_partial_metadata(object)
-        } else {
-            object.clone()
-        }
+        if metadata_only { as_partial_metadata(object) } else { object.clone() }
     };
-    let mode = if route.status_subresource {
-        UpdateMode::Status
-    } else {
-        UpdateMode::Main
-    };
+    let mode = if route.status_subresource { UpdateMode::Status } else { UpdateMode::Main };
     let Some(name) = route.name.as_deref() else {
         return match *method {
             Method::GET if flag(&params, "watch") => {
@@ -1714,13 +1415,10 @@ fn serve_resource(
                 let list = list_objects(&shared.lock(), kind, &filter, &params, metadata_only)?;
                 Ok(json_response(StatusCode::OK, &list))
             }
-            Method::POST if kind.namespaced() && namespace.is_none() => {
-                Err(ApiError::method_not_allowed(method))
-            }
+            Method::POST if kind.namespaced() && namespace.is_none() => Err(ApiError::method_not_allowed(method)),
             Method::POST => {
                 let object = parse_json_body(body)?;
-                let created = shared
-                    .mutate(|store| store.create(kind, namespace, object, UpdateMode::Main))?;
+                let created = shared.mutate(|store| store.create(kind, namespace, object, UpdateMode::Main))?;
                 Ok(json_response(StatusCode::CREATED, &render(&created)))
             }
             _ => Err(ApiError::method_not_allowed(method)),
@@ -1730,37 +1428,25 @@ fn serve_resource(
     match *method {
         Method::GET => {
             let store = shared.lock();
-            let object = store
-                .objects
-                .get(&key)
-                .ok_or_else(|| ApiError::not_found(kind, name))?;
+            let object = store.objects.get(&key).ok_or_else(|| ApiError::not_found(kind, name))?;
             Ok(json_response(StatusCode::OK, &render(object)))
         }
         Method::PUT => {
             let object = parse_json_body(body)?;
-            let (stored, created) =
-                shared.mutate(|store| store.update(kind, namespace, name, object, mode))?;
-            let code = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
+            let (stored, created) = shared.mutate(|store| store.update(kind, namespace, name, object, mode))?;
+            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(json_response(code, &render(&stored)))
         }
         Method::PATCH => {
-            let content_type = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             let content_type = content_type.split(';').next().unwrap_or("").trim();
             let (patch, is_apply) = match content_type {
                 "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
                     (parse_json_body(body)?, false)
                 }
                 "application/apply-patch+yaml" => {
-                    let patch: Value = serde_yaml::from_slice(body).map_err(|e| {
-                        ApiError::bad_request(format!("the apply patch is not valid YAML: {e}"))
-                    })?;
+                    let patch: Value = serde_yaml::from_slice(body)
+                        .map_err(|e| ApiError::bad_request(format!("the apply patch is not valid YAML: {e}")))?;
                     (patch, true)
                 }
                 other => {
@@ -1771,21 +1457,13 @@ fn serve_resource(
                     ));
                 }
             };
-            let (stored, created) = shared
-                .mutate(|store| store.patch(kind, namespace, name, &patch, is_apply, mode))?;
-            let code = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
+            let (stored, created) =
+                shared.mutate(|store| store.patch(kind, namespace, name, &patch, is_apply, mode))?;
+            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(json_response(code, &render(&stored)))
         }
         Method::DELETE if !route.status_subresource => {
-            let options = if body.is_empty() {
-                None
-            } else {
-                Some(parse_json_body(body)?)
-            };
+            let options = if body.is_empty() { None } else { Some(parse_json_body(body)?) };
             let preconditions = options.as_ref().and_then(|o| o.get("preconditions"));
             let deleted = shared.mutate(|store| store.delete(&key, preconditions))?;
             Ok(json_response(StatusCode::OK, &render(&deleted)))
@@ -1796,28 +1474,19 @@ fn serve_resource(
 
 /// Continue tokens are opaque to clients: hex of `resourceVersion/namespace/name`.
 fn encode_continue(resource_version: u64, key: &ObjectKey) -> String {
-    format!("{resource_version}/{}/{}", key.namespace, key.name)
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    format!("{resource_version}/{}/{}", key.namespace, key.name).bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn decode_continue(token: &str) -> Option<(u64, String, String)> {
     if !token.len().is_multiple_of(2) || !token.is_ascii() {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&token[i..i + 2], 16).ok())
-        .collect();
+    let bytes: Option<Vec<u8>> =
+        (0..token.len()).step_by(2).map(|i| u8::from_str_radix(&token[i..i + 2], 16).ok()).collect();
     let text = String::from_utf8(bytes?).ok()?;
     let mut parts = text.splitn(3, '/');
     let version = parts.next()?.parse().ok()?;
-    Some((
-        version,
-        parts.next()?.to_string(),
-        parts.next()?.to_string(),
-    ))
+    Some((version, parts.next()?.to_string(), parts.next()?.to_string()))
 }
 
 fn list_objects(
@@ -1832,29 +1501,20 @@ fn list_objects(
         Some(Ok(0)) => None,
         Some(Ok(limit)) => Some(limit),
         Some(Err(_)) => {
-            return Err(ApiError::bad_request(
-                "limit must be a non-negative integer",
-            ));
+            return Err(ApiError::bad_request("limit must be a non-negative integer"));
         }
     };
     let (list_version, after) = match params.get("continue").filter(|t| !t.is_empty()) {
         None => (store.resource_version, None),
         Some(token) => {
-            let (version, namespace, name) = decode_continue(token)
-                .ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
+            let (version, namespace, name) =
+                decode_continue(token).ok_or_else(|| ApiError::bad_request("continue key is not valid"))?;
             if version < store.compacted_through {
                 return Err(ApiError::expired(
                     "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
                 ));
             }
-            (
-                version,
-                Some(ObjectKey {
-                    kind,
-                    namespace,
-                    name,
-                }),
-            )
+            (version, Some(ObjectKey { kind, namespace, name }))
         }
     };
     let mut matching = store
@@ -1869,11 +1529,7 @@ fn list_objects(
             break;
         }
         // Like the real server, list items carry no apiVersion/kind of their own.
-        let mut item = if metadata_only {
-            as_partial_metadata(object)
-        } else {
-            object.clone()
-        };
+        let mut item = if metadata_only { as_partial_metadata(object) } else { object.clone() };
         if !metadata_only {
             remove_field(&mut item, "apiVersion");
             remove_field(&mut item, "kind");
@@ -1888,9 +1544,7 @@ fn list_objects(
         let remaining = store
             .objects
             .iter()
-            .filter(|(key, object)| {
-                key.kind == kind && *key > last_key && filter.matches(key, object)
-            })
+            .filter(|(key, object)| key.kind == kind && *key > last_key && filter.matches(key, object))
             .count();
         if remaining > 0 {
             metadata["continue"] = json!(encode_continue(list_version, last_key));
@@ -1902,9 +1556,7 @@ fn list_objects(
     } else {
         (format!("{}List", kind.kind()), kind.api_version())
     };
-    Ok(
-        json!({ "kind": list_kind, "apiVersion": api_version, "metadata": metadata, "items": items }),
-    )
+    Ok(json!({ "kind": list_kind, "apiVersion": api_version, "metadata": metadata, "items": items }))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1945,17 +1597,13 @@ fn start_watch(
         None => Duration::from_secs(1800),
         Some(Ok(seconds)) => Duration::from_secs(seconds),
         Some(Err(_)) => {
-            return Err(ApiError::bad_request(
-                "timeoutSeconds must be a non-negative integer",
-            ));
+            return Err(ApiError::bad_request("timeoutSeconds must be a non-negative integer"));
         }
     };
     let from_version = match params.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
         Some(version) => Some(version.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "resourceVersion: Invalid value: {version:?}: must be an unsigned integer"
-            ))
+            ApiError::bad_request(format!("resourceVersion: Invalid value: {version:?}: must be an unsigned integer"))
         })?),
     };
     let bookmarks = flag(params, "allowWatchBookmarks");
@@ -1999,9 +1647,7 @@ fn start_watch(
                         "too old resource version: {version} ({})",
                         store.compacted_through + 1
                     ));
-                    session
-                        .queue
-                        .push_back(event_line("ERROR", &gone.to_status()));
+                    session.queue.push_back(event_line("ERROR", &gone.to_status()));
                     session.finished = true;
                 }
                 session.cursor = version;
@@ -2024,10 +1670,7 @@ fn start_watch(
     }
     shared.bump_activity();
     let stream = futures::stream::unfold(session, |mut session| async move {
-        session
-            .next_chunk()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(chunk), session))
+        session.next_chunk().await.map(|chunk| (Ok::<_, Infallible>(chunk), session))
     });
     Response::builder()
         .status(StatusCode::OK)
@@ -2038,11 +1681,7 @@ fn start_watch(
 
 impl WatchSession {
     fn render(&self, object: &Value) -> Value {
-        if self.metadata_only {
-            as_partial_metadata(object)
-        } else {
-            object.clone()
-        }
+        if self.metadata_only { as_partial_metadata(object) } else { object.clone() }
     }
 
     fn bookmark_line(&self, initial_events_end: bool) -> Bytes {
@@ -2055,10 +1694,7 @@ impl WatchSession {
         if initial_events_end {
             metadata["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
         }
-        event_line(
-            "BOOKMARK",
-            &json!({ "kind": kind, "apiVersion": api_version, "metadata": metadata }),
-        )
+        event_line("BOOKMARK", &json!({ "kind": kind, "apiVersion": api_version, "metadata": metadata }))
     }
 
     /// Queues every matching change after the cursor.
@@ -2077,18 +1713,13 @@ impl WatchSession {
             self.finished = true;
             return;
         }
-        let start = store
-            .history
-            .partition_point(|event| event.resource_version <= self.cursor);
+        let start = store.history.partition_point(|event| event.resource_version <= self.cursor);
         for event in store.history.range(start..) {
             if event.key.kind != self.kind {
                 continue;
             }
             let now_matches = self.filter.matches(&event.key, &event.object);
-            let before_matched = event
-                .previous
-                .as_ref()
-                .is_some_and(|p| self.filter.matches(&event.key, p));
+            let before_matched = event.previous.as_ref().is_some_and(|p| self.filter.matches(&event.key, p));
             let event_type = match (event.event_type, before_matched, now_matches) {
                 (EventType::Deleted, true, _) => EventType::Deleted,
                 (EventType::Deleted, false, _) => continue,
@@ -2097,8 +1728,7 @@ impl WatchSession {
                 (_, true, false) => EventType::Deleted,
                 (_, false, false) => continue,
             };
-            self.queue
-                .push_back(event_line(event_type.as_str(), &self.render(&event.object)));
+            self.queue.push_back(event_line(event_type.as_str(), &self.render(&event.object)));
         }
         self.cursor = self.cursor.max(store.resource_version);
     }

@@ -33,23 +33,13 @@ async fn local_example_creates_the_target_group_its_handshake_describes() -> any
 }
 
 async fn check_live_resources(handshake: &Value, name: &str) -> anyhow::Result<()> {
-    let field = |key: &str| {
-        handshake
-            .get(key)
-            .with_context(|| format!("handshake has no field {key}"))
-    };
+    let field = |key: &str| handshake.get(key).with_context(|| format!("handshake has no field {key}"));
     let text = |key: &str| -> anyhow::Result<String> {
-        field(key)?
-            .as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("handshake field {key} is not a string"))
+        field(key)?.as_str().map(str::to_owned).with_context(|| format!("handshake field {key} is not a string"))
     };
     let expect = |key: &str, expected: Value| -> anyhow::Result<()> {
         let actual = field(key)?;
-        ensure!(
-            *actual == expected,
-            "handshake field {key} is {actual}, expected {expected}"
-        );
+        ensure!(*actual == expected, "handshake field {key} is {actual}, expected {expected}");
         Ok(())
     };
 
@@ -68,53 +58,22 @@ async fn check_live_resources(handshake: &Value, name: &str) -> anyhow::Result<(
 
     let elb = aws::elbv2_client().await?;
 
-    let tgs = elb
-        .describe_target_groups()
-        .target_group_arns(&tg_arn)
-        .send()
-        .await?;
+    let tgs = elb.describe_target_groups().target_group_arns(&tg_arn).send().await?;
     let [tg] = tgs.target_groups() else {
-        anyhow::bail!(
-            "expected exactly one target group {tg_arn}, got {:?}",
-            tgs.target_groups()
-        );
+        anyhow::bail!("expected exactly one target group {tg_arn}, got {:?}", tgs.target_groups());
     };
-    ensure!(
-        tg.port() == Some(i32::from(NODE_PORT)),
-        "target group port: {:?}",
-        tg.port()
-    );
-    ensure!(
-        tg.protocol() == Some(&ProtocolEnum::Http),
-        "target group protocol: {:?}",
-        tg.protocol()
-    );
-    ensure!(
-        tg.target_type() == Some(&TargetTypeEnum::Ip),
-        "target type: {:?}",
-        tg.target_type()
-    );
-    ensure!(
-        tg.health_check_path() == Some("/_gatehouse/ready"),
-        "health check path: {:?}",
-        tg.health_check_path()
-    );
-    ensure!(
-        tg.vpc_id() == Some(text("vpc_id")?.as_str()),
-        "vpc: {:?}",
-        tg.vpc_id()
-    );
+    ensure!(tg.port() == Some(i32::from(NODE_PORT)), "target group port: {:?}", tg.port());
+    ensure!(tg.protocol() == Some(&ProtocolEnum::Http), "target group protocol: {:?}", tg.protocol());
+    ensure!(tg.target_type() == Some(&TargetTypeEnum::Ip), "target type: {:?}", tg.target_type());
+    ensure!(tg.health_check_path() == Some("/_gatehouse/ready"), "health check path: {:?}", tg.health_check_path());
+    ensure!(tg.vpc_id() == Some(text("vpc_id")?.as_str()), "vpc: {:?}", tg.vpc_id());
     ensure!(
         tg.load_balancer_arns() == [lb_arn.clone()],
         "target group's load balancers: {:?}",
         tg.load_balancer_arns()
     );
 
-    let attributes = elb
-        .describe_target_group_attributes()
-        .target_group_arn(&tg_arn)
-        .send()
-        .await?;
+    let attributes = elb.describe_target_group_attributes().target_group_arn(&tg_arn).send().await?;
     let delay = attributes
         .attributes()
         .iter()
@@ -124,45 +83,23 @@ async fn check_live_resources(handshake: &Value, name: &str) -> anyhow::Result<(
 
     let lbs = elb.describe_load_balancers().names(name).send().await?;
     let [lb] = lbs.load_balancers() else {
-        anyhow::bail!(
-            "expected exactly one load balancer {name}, got {:?}",
-            lbs.load_balancers()
-        );
+        anyhow::bail!("expected exactly one load balancer {name}, got {:?}", lbs.load_balancers());
     };
-    ensure!(
-        lb.load_balancer_arn() == Some(lb_arn.as_str()),
-        "load balancer arn: {:?}",
-        lb.load_balancer_arn()
-    );
+    ensure!(lb.load_balancer_arn() == Some(lb_arn.as_str()), "load balancer arn: {:?}", lb.load_balancer_arn());
 
-    let listeners = elb
-        .describe_listeners()
-        .load_balancer_arn(&lb_arn)
-        .send()
-        .await?;
+    let listeners = elb.describe_listeners().load_balancer_arn(&lb_arn).send().await?;
     let http = listeners
         .listeners()
         .iter()
         .find(|l| l.port() == Some(80))
         .with_context(|| format!("no listener on port 80: {:?}", listeners.listeners()))?;
-    ensure!(
-        http.protocol() == Some(&ProtocolEnum::Http),
-        "listener protocol: {:?}",
-        http.protocol()
-    );
+    ensure!(http.protocol() == Some(&ProtocolEnum::Http), "listener protocol: {:?}", http.protocol());
     let forwards_to_tg = http.default_actions().iter().any(|a| {
         a.r#type() == Some(&ActionTypeEnum::Forward)
             && (a.target_group_arn() == Some(tg_arn.as_str())
-                || a.forward_config().is_some_and(|f| {
-                    f.target_groups()
-                        .iter()
-                        .any(|t| t.target_group_arn() == Some(tg_arn.as_str()))
-                }))
+                || a.forward_config()
+                    .is_some_and(|f| f.target_groups().iter().any(|t| t.target_group_arn() == Some(tg_arn.as_str()))))
     });
-    ensure!(
-        forwards_to_tg,
-        "listener 80 does not forward to {tg_arn}: {:?}",
-        http.default_actions()
-    );
+    ensure!(forwards_to_tg, "listener 80 does not forward to {tg_arn}: {:?}", http.default_actions());
     Ok(())
 }

@@ -13,8 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Service, ServicePort, ServiceSpec,
-    Taint,
+    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Service, ServicePort, ServiceSpec, Taint,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -75,29 +74,17 @@ impl NodeBuilder {
 
     /// Adds a taint, e.g. `("node.kubernetes.io/unschedulable", "NoSchedule")`.
     pub fn taint(mut self, key: &str, effect: &str) -> Self {
-        self.taints.push(Taint {
-            key: key.to_string(),
-            effect: effect.to_string(),
-            ..Default::default()
-        });
+        self.taints.push(Taint { key: key.to_string(), effect: effect.to_string(), ..Default::default() });
         self
     }
 
     /// The finished Node.
     pub fn build(self) -> Node {
         let mut labels = self.labels;
-        labels
-            .entry("kubernetes.io/hostname".into())
-            .or_insert_with(|| self.name.clone());
-        labels
-            .entry("kubernetes.io/os".into())
-            .or_insert_with(|| "linux".into());
+        labels.entry("kubernetes.io/hostname".into()).or_insert_with(|| self.name.clone());
+        labels.entry("kubernetes.io/os".into()).or_insert_with(|| "linux".into());
         Node {
-            metadata: ObjectMeta {
-                name: Some(self.name.clone()),
-                labels: Some(labels),
-                ..Default::default()
-            },
+            metadata: ObjectMeta { name: Some(self.name.clone()), labels: Some(labels), ..Default::default() },
             spec: Some(NodeSpec {
                 provider_id: self.provider_id,
                 unschedulable: self.unschedulable.then_some(true),
@@ -106,26 +93,13 @@ impl NodeBuilder {
             }),
             status: Some(NodeStatus {
                 addresses: Some(vec![
-                    NodeAddress {
-                        type_: "InternalIP".into(),
-                        address: self.internal_ip,
-                    },
-                    NodeAddress {
-                        type_: "Hostname".into(),
-                        address: self.name,
-                    },
+                    NodeAddress { type_: "InternalIP".into(), address: self.internal_ip },
+                    NodeAddress { type_: "Hostname".into(), address: self.name },
                 ]),
                 conditions: Some(vec![NodeCondition {
                     type_: "Ready".into(),
                     status: if self.ready { "True" } else { "False" }.into(),
-                    reason: Some(
-                        if self.ready {
-                            "KubeletReady"
-                        } else {
-                            "KubeletNotReady"
-                        }
-                        .into(),
-                    ),
+                    reason: Some(if self.ready { "KubeletReady" } else { "KubeletNotReady" }.into()),
                     ..Default::default()
                 }]),
                 ..Default::default()
@@ -206,9 +180,7 @@ impl ServiceBuilder {
     /// The finished Service.
     pub fn build(self) -> Service {
         let node_port = self.ports.iter().any(|p| p.node_port.is_some());
-        let service_type = self
-            .service_type
-            .unwrap_or_else(|| if node_port { "NodePort" } else { "ClusterIP" }.into());
+        let service_type = self.service_type.unwrap_or_else(|| if node_port { "NodePort" } else { "ClusterIP" }.into());
         Service {
             metadata: ObjectMeta {
                 name: Some(self.name),
@@ -245,13 +217,7 @@ pub fn endpoint_slice<'a>(
 ) -> EndpointSlice {
     let endpoints: Vec<(&str, i32, bool)> = endpoints.into_iter().collect();
     let port = endpoints.first().map(|(_, port, _)| *port).unwrap_or(80);
-    slice_for_port(
-        namespace,
-        service,
-        port,
-        endpoints.iter().map(|(ip, _, ready)| (*ip, *ready)),
-        port_name,
-    )
+    slice_for_port(namespace, service, port, endpoints.iter().map(|(ip, _, ready)| (*ip, *ready)), port_name)
 }
 
 /// One EndpointSlice per distinct port, as the EndpointSlice controller splits them.
@@ -280,10 +246,7 @@ fn slice_for_port<'a>(
 ) -> EndpointSlice {
     let labels = BTreeMap::from([
         (SERVICE_NAME_LABEL.to_string(), service.to_string()),
-        (
-            "endpointslice.kubernetes.io/managed-by".to_string(),
-            "endpointslice-controller.k8s.io".to_string(),
-        ),
+        ("endpointslice.kubernetes.io/managed-by".to_string(), "endpointslice-controller.k8s.io".to_string()),
     ]);
     EndpointSlice {
         metadata: ObjectMeta {
