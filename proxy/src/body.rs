@@ -1,4 +1,4 @@
-//! Body types: the request body sent upstream (length-limited, reclaimable when never sent)
+//! Body types: the request body sent upstream (length-limited)
 //! and the response body (the upstream's, streamed, or a short local answer).
 
 use std::pin::Pin;
@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
+
+use crate::upstream::PooledBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -19,25 +20,21 @@ pub struct BodyTooLarge;
 /// A client's request body on its way upstream.
 ///
 /// Streams without buffering. Counts bytes against the body limit (a chunked body has no
-/// length to check up front). When it is dropped without ever having been polled (the
-/// upstream connection could not be made), it hands the client's body back through
-/// `reclaim`, so the request can be retried on another endpoint: nothing was sent yet.
+/// length to check up front).
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Option<Incoming>,
     remaining: u64,
-    polled: bool,
-    reclaim: Option<oneshot::Sender<Incoming>>,
 }
 
 impl RequestBody {
-    /// An empty body (GET and friends): nothing to reclaim, a retry just builds another.
+    /// An empty body (GET and friends).
     pub fn empty() -> Self {
-        Self { inner: None, remaining: u64::MAX, polled: false, reclaim: None }
+        Self { inner: None, remaining: u64::MAX }
     }
 
-    pub fn new(inner: Incoming, limit: Option<u64>, reclaim: Option<oneshot::Sender<Incoming>>) -> Self {
-        Self { inner: Some(inner), remaining: limit.unwrap_or(u64::MAX), polled: false, reclaim }
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        Self { inner: Some(inner), remaining: limit.unwrap_or(u64::MAX) }
     }
 }
 
@@ -47,7 +44,6 @@ impl Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        this.polled = true;
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -75,21 +71,10 @@ impl Body for RequestBody {
     }
 }
 
-impl Drop for RequestBody {
-    fn drop(&mut self) {
-        if !self.polled
-            && let (Some(tx), Some(inner)) = (self.reclaim.take(), self.inner.take())
-        {
-            // The receiver may be gone (the request succeeded): then the body is just dropped.
-            let _ = tx.send(inner);
-        }
-    }
-}
-
 /// What the client receives: the upstream's body as it arrives, or a short local answer.
 #[derive(Debug)]
 pub enum ResponseBody {
-    Upstream(Incoming),
+    Upstream(PooledBody),
     Local(Option<Bytes>),
 }
 

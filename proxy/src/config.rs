@@ -77,10 +77,15 @@ pub struct Timeouts {
     /// From sending the request upstream to receiving the response head.
     #[serde(with = "humantime_serde")]
     pub request: Duration,
-    /// A client must deliver a complete request head within this time. hyper runs the same
-    /// timer while a keep-alive connection waits for its next request.
+    /// A client must deliver a complete request head within this time of its first byte.
     #[serde(with = "humantime_serde")]
     pub header_read: Duration,
+    /// A client connection waiting for its next request (or its first) is closed after this
+    /// long without a byte. Behind an ALB it must exceed the ALB's idle timeout (60 s by
+    /// default), so that the ALB, never the proxy, closes idle connections: a request the ALB
+    /// sends just as the proxy closes would otherwise become a 502.
+    #[serde(with = "humantime_serde")]
+    pub client_idle: Duration,
     /// Idle time after which pooled upstream connections are closed.
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
@@ -98,6 +103,8 @@ impl Default for Timeouts {
             connect: Duration::from_secs(2),
             request: Duration::from_secs(30),
             header_read: Duration::from_secs(10),
+            // nginx's keepalive_timeout default; 15 s above the ALB's default idle timeout.
+            client_idle: Duration::from_secs(75),
             idle: Duration::from_secs(60),
             drain: Duration::from_secs(15),
             shutdown: Duration::from_secs(30),
@@ -216,6 +223,7 @@ impl Config {
             ("connect", self.timeouts.connect),
             ("request", self.timeouts.request),
             ("header_read", self.timeouts.header_read),
+            ("client_idle", self.timeouts.client_idle),
             ("idle", self.timeouts.idle),
         ] {
             if d.is_zero() {
@@ -345,6 +353,16 @@ access_log: false
     fn bad_edge_prefix_is_named() {
         let e = parse(&GOOD.replace("prefix: service.api", "prefix: Service.API")).expect_err("bad prefix");
         assert_eq!(e.key, "edges[0]");
+    }
+
+    #[test]
+    fn client_idle_defaults_above_the_alb_idle_timeout_and_is_configurable() {
+        let s = parse(GOOD).expect("valid");
+        assert!(s.config.timeouts.client_idle > Duration::from_secs(60));
+        let s = parse(&GOOD.replace("connect: 1s", "connect: 1s, client_idle: 350s")).expect("valid");
+        assert_eq!(s.config.timeouts.client_idle, Duration::from_secs(350));
+        let e = parse(&GOOD.replace("connect: 1s", "connect: 1s, client_idle: 0s")).expect_err("zero");
+        assert_eq!(e.key, "timeouts.client_idle");
     }
 
     #[test]

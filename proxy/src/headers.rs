@@ -10,42 +10,59 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Headers that describe one connection and must not be forwarded (RFC 9110 7.6.1), plus
 /// every `Proxy-*` header and whatever `Connection` names. `Upgrade` and `Connection:
 /// upgrade` survive when `keep_upgrade` (a WebSocket handshake being passed through).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most requests have none of these: check before paying for any work.
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-            .collect();
+    // One pass over the names (standard names compare without hashing); most messages have
+    // none of these, and the rest (a backend's `Connection: keep-alive`) only a few: only the
+    // names present are removed, each removal being a hashed lookup.
+    let mut present: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop_name(name) && !(keep_upgrade && name == header::UPGRADE) {
+            present.push(name.clone());
+        }
+    }
+    if present.is_empty() && !keep_upgrade {
+        return;
+    }
+    if present.contains(&header::CONNECTION) {
+        // Whatever `Connection` names is hop-by-hop too (`keep-alive` and `upgrade` are among
+        // the fixed names); the lookup does not allocate, only a name present is made.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("upgrade")
+                    || !headers.contains_key(token)
+                {
+                    continue;
+                }
+                named.extend(HeaderName::from_bytes(token.as_bytes()).ok());
+            }
+        }
         for name in named {
             headers.remove(&name);
         }
-        headers.remove(header::CONNECTION);
     }
-    for name in [&KEEP_ALIVE, &header::TE, &header::TRAILER, &header::TRANSFER_ENCODING] {
+    for name in &present {
         headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
-    let has_proxy_header = headers.keys().any(|k| k.as_str().starts_with("proxy-"));
-    if has_proxy_header {
-        let names: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
-        for name in names {
-            headers.remove(&name);
-        }
-    }
-    headers.remove(&PROXY_CONNECTION);
+}
+
+fn is_hop_by_hop_name(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        // Includes `Proxy-Connection`.
+        || name.as_str().starts_with("proxy-")
 }
 
 /// Appends this proxy to `Via` (`1.1 <pseudonym>`), after whatever earlier hops wrote.

@@ -6,7 +6,7 @@
 //! ```text
 //! accept (max_connections) -> hyper http1 (header limits, header read timeout, upgrades)
 //!   -> proxy::handle: readiness | convention route -> route table (ArcSwap, O(1))
-//!      -> endpoint (round-robin) -> pooled hyper-util client (connect/request timeouts,
+//!      -> endpoint (round-robin) -> own keep-alive pool on hyper's conn::http1 (connect/request timeouts,
 //!         one retry elsewhere when the connection could not be made) -> streamed response
 //!   errors -> error::error_response (the only status mapping)
 //! ```
@@ -16,6 +16,7 @@
 
 pub mod admin;
 pub mod body;
+mod client_idle;
 pub mod config;
 pub mod error;
 pub mod headers;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod proxy;
 mod server;
 pub mod table;
+mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,27 +33,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::RequestBody;
 pub use crate::config::{Config, ConfigError, Settings};
 use crate::config::{Forwarded, Limits, Timeouts};
 use crate::headers::RequestIds;
 use crate::metrics::Metrics;
 use crate::table::RouteTable;
+use crate::upstream::Upstream;
 
 /// State shared by the listeners, the handler and discovery.
 #[derive(Debug)]
 pub struct Shared {
     /// The current route table; discovery swaps in a new one, requests never wait.
     pub table: ArcSwap<RouteTable>,
-    pub(crate) client: Client<HttpConnector, RequestBody>,
+    pub(crate) upstream: Upstream,
     pub metrics: Metrics,
     pub(crate) request_ids: RequestIds,
     pub(crate) access_log: bool,
@@ -176,17 +175,12 @@ impl Proxy {
         let traffic_addr = traffic.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: config.admin_listen, source })?;
 
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeouts.connect));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.timeouts.idle)
-            .build(connector);
+        let upstream = Upstream::new(config.timeouts.connect, config.timeouts.idle);
+        upstream.spawn_evictor();
 
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(RouteTable::new(edges.clone(), Vec::new(), Vec::new())),
-            client,
+            upstream,
             metrics: Metrics::new(),
             request_ids: RequestIds::new(),
             access_log: config.access_log,

@@ -9,19 +9,19 @@ use std::time::Instant;
 use bytes::Bytes;
 use gatehouse_convention::{READY_PATH, route};
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
 
 use crate::Shared;
 use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::error::{ProxyError, error_response};
 use crate::headers::{X_REQUEST_ID, append_via, is_websocket_upgrade, remove_hop_by_hop, set_forwarded};
 use crate::metrics::UpstreamErrorKind;
-use crate::table::{Backend, Endpoint};
+use crate::table::Backend;
+use crate::upstream::UpstreamError;
 
 /// What is known about the client connection, computed once per connection.
 #[derive(Debug)]
@@ -158,49 +158,27 @@ async fn forward(
     }
     parts.version = Version::HTTP_11;
 
-    // A retry needs the request again: keep a copy of the head only when a second endpoint
-    // exists, and get the body back only if it was never sent.
-    let can_retry = backend.endpoints.len() > 1;
-    let (body, mut reclaimed) = if incoming.is_end_stream() {
-        (RequestBody::empty(), None)
-    } else if can_retry {
-        let (tx, rx) = oneshot::channel();
-        (RequestBody::new(incoming, limit, Some(tx)), Some(rx))
-    } else {
-        (RequestBody::new(incoming, limit, None), None)
-    };
-    let retry_head = can_retry.then(|| (parts.method.clone(), parts.headers.clone(), path.clone()));
-    parts.uri = upstream_uri(first, path);
+    // The connection is made before the request is handed over: when it cannot be made,
+    // nothing was sent and the same request (body included) goes to another endpoint.
+    let body = if incoming.is_end_stream() { RequestBody::empty() } else { RequestBody::new(incoming, limit) };
+    if !parts.headers.contains_key(header::HOST) {
+        parts.headers.insert(header::HOST, HeaderValue::from_str(first.authority.as_str()).expect("an authority"));
+    }
+    parts.uri = Uri::from(path);
     let attempt = Request::from_parts(parts, body);
 
     let exchange = async {
         log.upstream = Some(first.addr);
-        let e = match shared.client.request(attempt).await {
-            Ok(response) => return Ok(response),
-            Err(e) => e,
+        let conn = match shared.upstream.connection(first.addr).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let first_error = upstream_error(shared, &e);
+                let Some(second) = backend.pick_other(first_index) else { return Err(first_error) };
+                log.upstream = Some(second.addr);
+                shared.upstream.connection(second.addr).await.map_err(|e| upstream_error(shared, &e))?
+            }
         };
-        let first_error = upstream_error(shared, &e);
-        if !e.is_connect() {
-            return Err(first_error);
-        }
-        // Nothing reached the upstream: one more try on a different endpoint, if the head
-        // was kept and the body (if any) came back unsent.
-        let body = match (&mut reclaimed, retry_head.is_some()) {
-            (None, true) => Some(RequestBody::empty()),
-            (Some(rx), true) => rx.try_recv().ok().map(|b| RequestBody::new(b, limit, None)),
-            _ => None,
-        };
-        let (Some(second), Some(body), Some((method, headers, path))) =
-            (backend.pick_other(first_index), body, retry_head)
-        else {
-            return Err(first_error);
-        };
-        log.upstream = Some(second.addr);
-        let mut retry = Request::new(body);
-        *retry.method_mut() = method;
-        *retry.headers_mut() = headers;
-        *retry.uri_mut() = upstream_uri(second, path);
-        shared.client.request(retry).await.map_err(|e| upstream_error(shared, &e))
+        shared.upstream.send(conn, attempt).await.map_err(|e| upstream_error(shared, &e))
     };
     let mut response = match tokio::time::timeout(shared.timeouts.request, exchange).await {
         Ok(Ok(response)) => response,
@@ -210,7 +188,6 @@ async fn forward(
             return Err(fail(ProxyError::UpstreamTimeout));
         }
     };
-
     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS && websocket;
     let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
     let (mut parts, upstream_body) = response.into_parts();
@@ -219,41 +196,39 @@ async fn forward(
         append_via(&mut parts.headers, via);
     }
     if let (Some(client_upgrade), Some(upstream_upgrade)) = (client_upgrade, upstream_upgrade) {
+        let mut upstream_body = upstream_body;
+        upstream_body.forget_connection();
         shared.spawn_tracked(tunnel(client_upgrade, upstream_upgrade));
         return Ok((Response::from_parts(parts, ResponseBody::Local(None)), Some(backend)));
     }
     Ok((Response::from_parts(parts, ResponseBody::Upstream(upstream_body)), Some(backend)))
 }
 
-fn upstream_uri(endpoint: &Endpoint, path: PathAndQuery) -> Uri {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(endpoint.authority.clone());
-    parts.path_and_query = Some(path);
-    Uri::from_parts(parts).expect("scheme, authority and path make a valid URI")
-}
-
 /// Counts an upstream failure and says what the client gets for it.
-fn upstream_error(shared: &Shared, e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut io_kind = None;
-    let mut source = e.source();
-    while let Some(s) = source {
-        if s.downcast_ref::<BodyTooLarge>().is_some() {
-            return ProxyError::BodyTooLarge;
+fn upstream_error(shared: &Shared, e: &UpstreamError) -> ProxyError {
+    let kind = match e {
+        UpstreamError::Connect(io) if io.kind() == io::ErrorKind::TimedOut => UpstreamErrorKind::ConnectTimeout,
+        UpstreamError::Connect(_) => UpstreamErrorKind::ConnectRefused,
+        UpstreamError::Request(e) => {
+            let mut io_kind = None;
+            let mut source = e.source();
+            while let Some(s) = source {
+                if s.downcast_ref::<BodyTooLarge>().is_some() {
+                    return ProxyError::BodyTooLarge;
+                }
+                if let Some(io) = s.downcast_ref::<io::Error>() {
+                    io_kind = Some(io.kind());
+                }
+                source = s.source();
+            }
+            match io_kind {
+                Some(io::ErrorKind::TimedOut) => UpstreamErrorKind::Timeout,
+                Some(io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof) => {
+                    UpstreamErrorKind::Reset
+                }
+                _ => UpstreamErrorKind::Other,
+            }
         }
-        if let Some(io) = s.downcast_ref::<io::Error>() {
-            io_kind = Some(io.kind());
-        }
-        source = s.source();
-    }
-    let kind = match (e.is_connect(), io_kind) {
-        (true, Some(io::ErrorKind::TimedOut)) => UpstreamErrorKind::ConnectTimeout,
-        (true, _) => UpstreamErrorKind::ConnectRefused,
-        (false, Some(io::ErrorKind::TimedOut)) => UpstreamErrorKind::Timeout,
-        (false, Some(io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof)) => {
-            UpstreamErrorKind::Reset
-        }
-        _ => UpstreamErrorKind::Other,
     };
     shared.metrics.upstream_error(kind);
     match kind {

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
+use crate::client_idle::{Activity, ActivityStream, ConnTimer};
 use crate::error::{ProxyError, error_response};
 use crate::proxy::{ConnInfo, handle};
 
@@ -19,9 +20,9 @@ use crate::proxy::{ConnInfo, handle};
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, closing: CancellationToken) {
     let mut builder = http1::Builder::new();
     builder
-        // Required for header_read_timeout; the same timer closes idle keep-alive connections.
-        .timer(TokioTimer::new())
-        // Slowloris: a client that does not finish its request head in time is cut off.
+        // Slowloris: a client that does not finish its request head in time is cut off. Each
+        // connection gets its own timer (below), which makes this the idle keep-alive timeout
+        // (`timeouts.client_idle`) until the first byte of the next head arrives.
         .header_read_timeout(shared.timeouts.header_read)
         // Request head over the limit: 431, from hyper itself.
         .max_header_size(shared.limits.max_header_bytes)
@@ -56,12 +57,15 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, closing: C
         shared.metrics.connections.inc();
         let conn = Arc::new(ConnInfo::new(peer));
         let task_shared = shared.clone();
-        let builder = builder.clone();
+        let mut builder = (*builder).clone();
+        let activity = Arc::new(Activity::default());
+        builder.timer(ConnTimer::new(activity.clone(), shared.timeouts.header_read, shared.timeouts.client_idle));
         let closing = closing.clone();
         shared.spawn_tracked(async move {
             let svc_shared = task_shared.clone();
             let svc = service_fn(move |req| handle(svc_shared.clone(), conn.clone(), req));
-            let connection = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+            let io = TokioIo::new(ActivityStream::new(stream, activity));
+            let connection = builder.serve_connection(io, svc).with_upgrades();
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,

@@ -131,6 +131,112 @@ async fn slowloris_client_is_cut_off_after_the_header_read_timeout() {
     assert_eq!(foo.request_count(), 0);
 }
 
+/// Reads one response with a `Content-Length` body from a raw connection; returns its status
+/// line, or `None` when the connection was closed first.
+async fn read_response(stream: &mut TcpStream) -> Option<String> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_string();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .expect("a Content-Length");
+            if data.len() >= end + 4 + length {
+                return Some(head.lines().next().unwrap().to_owned());
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("no answer in 5 s");
+        match n {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => data.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+const KEEP_ALIVE_REQUEST: &[u8] = b"GET /foo/x HTTP/1.1\r\nHost: api.example.com\r\n\r\n";
+
+#[tokio::test]
+async fn idle_keep_alive_connection_outlives_the_header_read_timeout() {
+    let foo = Backend::start("foo").await;
+    let extra = "timeouts: { header_read: 300ms, client_idle: 2s }\n";
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], extra)).await;
+    let mut stream = TcpStream::connect(proxy.traffic_addr()).await.unwrap();
+    stream.write_all(KEEP_ALIVE_REQUEST).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.as_deref(), Some("HTTP/1.1 200 OK"));
+    // Idle for more than twice header_read, as an ALB keeps a connection between requests.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    stream.write_all(KEEP_ALIVE_REQUEST).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.as_deref(), Some("HTTP/1.1 200 OK"), "second request");
+    // The same holds for the wait before the first request of a new connection.
+    let mut fresh = TcpStream::connect(proxy.traffic_addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    fresh.write_all(KEEP_ALIVE_REQUEST).await.unwrap();
+    assert_eq!(read_response(&mut fresh).await.as_deref(), Some("HTTP/1.1 200 OK"), "first request after a wait");
+    assert_eq!(foo.request_count(), 3);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed_after_client_idle() {
+    let foo = Backend::start("foo").await;
+    let extra = "timeouts: { header_read: 300ms, client_idle: 1500ms }\n";
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], extra)).await;
+    let mut stream = TcpStream::connect(proxy.traffic_addr()).await.unwrap();
+    stream.write_all(KEEP_ALIVE_REQUEST).await.unwrap();
+    assert_eq!(read_response(&mut stream).await.as_deref(), Some("HTTP/1.1 200 OK"));
+    let idle_from = Instant::now();
+    // Closed silently (no 408 on an idle connection): the next read sees the end of the stream.
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("still open after 5 s");
+    let idle = idle_from.elapsed();
+    assert!(matches!(n, Ok(0) | Err(_)), "unexpected bytes: {n:?}");
+    assert!(idle >= Duration::from_millis(1400), "closed after {idle:?}, before client_idle");
+    assert!(idle < Duration::from_millis(3000), "closed after {idle:?}");
+}
+
+/// A backend that answers each connection's first request with keep-alive headers and then
+/// closes the connection, as an upstream whose idle timeout is shorter than ours does.
+async fn closing_backend() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !data.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ =
+                    stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Dropped: closed while the proxy holds it as an idle keep-alive connection.
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn pooled_upstream_connection_closed_by_the_backend_is_replaced() {
+    let (backend, accepted) = closing_backend().await;
+    let proxy = start_proxy(&config(&[("foo", vec![backend])], "")).await;
+    for i in 0..3 {
+        let answer = get(proxy.traffic_addr(), HOST, "/foo/x", &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "request {i}");
+        assert_eq!(answer.body, "ok");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn oversized_request_head_is_431() {
     let foo = Backend::start("foo").await;
