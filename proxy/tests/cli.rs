@@ -161,3 +161,35 @@ fn sigterm_fails_readiness_and_finishes_the_request_in_flight() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn kubernetes_discovery_over_https_starts_and_stays_unready_while_the_api_is_unreachable() {
+    // Built with the provisioner (the image, `cargo test --workspace`), rustls links two crypto
+    // providers; building a TLS kube client without choosing one used to panic at startup.
+    let unreachable = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let kubeconfig = write_config(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: \"https://{unreachable}\", insecure-skip-tls-verify: true}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u}}}}]\ncurrent-context: x\n"
+        ),
+    );
+    let path = write_config(
+        "kubernetes-https",
+        &format!(
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nedges: [{{host: api.example.com, prefix: service.api}}]\ndiscovery: {{kubernetes: {{namespaces: [default], kubeconfig: {}}}}}\n",
+            kubeconfig.display()
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["--config", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the proxy");
+    let addr = listening_addr(&mut child);
+    let ready = http_get(addr, "/_gatehouse/ready");
+    assert!(ready.starts_with("HTTP/1.1 503"), "not ready before discovery has synced: {ready}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
