@@ -28,7 +28,7 @@ TOOLS
   python3 -c 'import sys, venv; sys.exit(sys.version_info < (3, 10))' 2>/dev/null ||
     fail "python3 must be 3.10+ with the venv module (apt-get install python3-venv)"
   local tf_version
-  tf_version=$(terraform version -json | python3 -c 'import json, sys; print(json.load(sys.stdin)["terraform_version"])')
+  tf_version=$(terraform/tf version -json | python3 -c 'import json, sys; print(json.load(sys.stdin)["terraform_version"])')
   python3 -c "import sys; sys.exit(tuple(map(int, '$tf_version'.split('.')[:2])) < (1, 7))" ||
     fail "terraform $tf_version is too old: 'terraform test' with mock_provider needs 1.7+"
 }
