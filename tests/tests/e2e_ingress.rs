@@ -139,9 +139,14 @@ async fn requests_travel_alb_to_node_proxy_to_the_named_service_and_survive_node
 
     let drained_at = Instant::now();
     lab.proxy_mut("node-b").expect("node-b proxy").signal_term().expect("SIGTERM");
-    // Readiness fails at once while requests are still served (the ALB health check's view).
-    let ready =
-        AlbClient::plain_get(&format!("http://{}:30080/_gatehouse/ready", b.ip)).await.expect("still listening");
+    // Readiness fails at once (the signal is handled asynchronously: allow it 2 s) while the
+    // proxy is still listening: what the ALB health check sees.
+    let ready_url = format!("http://{}:30080/_gatehouse/ready", b.ip);
+    let mut ready = AlbClient::plain_get(&ready_url).await.expect("still listening");
+    while ready.status == StatusCode::OK && drained_at.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ready = AlbClient::plain_get(&ready_url).await.expect("still listening");
+    }
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "a draining proxy reports not ready");
 
     // What takes the node out: it is cordoned, and the provisioner deregisters it.
