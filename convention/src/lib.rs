@@ -174,19 +174,83 @@ impl Edges {
     }
 }
 
-/// Where a request goes, by the convention.
+/// Where a request goes, by the convention. Borrows from the edge table and the request, so
+/// routing allocates nothing except when the upstream path must gain a `/` (`/foo?x` -> `/?x`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route<'e> {
+pub struct Route<'e, 'r> {
     /// The edge that matched the host.
     pub edge: &'e Edge,
     /// The first path segment, e.g. `foo`.
-    pub segment: String,
-    /// The logical service, e.g. `service.api.foo`.
-    pub logical_service: String,
+    pub segment: &'r str,
     /// The Kubernetes Service, e.g. `service-api-foo`.
-    pub service_name: String,
+    pub service_name: ServiceName,
     /// What the upstream sees: the path without its first segment, query kept: `/bar?x=1`.
-    pub upstream_path_and_query: String,
+    pub upstream_path_and_query: Cow<'r, str>,
+}
+
+impl Route<'_, '_> {
+    /// The logical service, e.g. `service.api.foo`.
+    pub fn logical_service(&self) -> String {
+        format!("{}.{}", self.edge.prefix, self.segment)
+    }
+}
+
+/// A Kubernetes Service name (at most 63 ASCII bytes), held inline so that routing a request
+/// needs no heap allocation to look its Service up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ServiceName {
+    len: u8,
+    bytes: [u8; MAX_SERVICE_NAME_LEN],
+}
+
+impl ServiceName {
+    /// `prefix` followed by `segment`, or `None` when that is longer than 63 bytes.
+    fn join(prefix: &str, segment: &str) -> Option<Self> {
+        let len = prefix.len() + segment.len();
+        if len > MAX_SERVICE_NAME_LEN {
+            return None;
+        }
+        let mut bytes = [0; MAX_SERVICE_NAME_LEN];
+        bytes[..prefix.len()].copy_from_slice(prefix.as_bytes());
+        bytes[prefix.len()..len].copy_from_slice(segment.as_bytes());
+        Some(Self { len: len as u8, bytes })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Built only from an edge's ASCII prefix and a DNS label.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for ServiceName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ServiceName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for ServiceName {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
 }
 
 /// Why a request is answered by the proxy itself instead of reaching an upstream.
@@ -241,7 +305,7 @@ impl fmt::Display for Rejection {
 
 /// Routes a request by the convention. `host` is the `Host` header (or the URI authority),
 /// `path_and_query` the origin-form request target, exactly as received.
-pub fn route<'e>(edges: &'e Edges, host: &str, path_and_query: &str) -> Result<Route<'e>, Rejection> {
+pub fn route<'e, 'r>(edges: &'e Edges, host: &str, path_and_query: &'r str) -> Result<Route<'e, 'r>, Rejection> {
     let (path, query) = match path_and_query.find('?') {
         Some(at) => path_and_query.split_at(at),
         None => (path_and_query, ""),
@@ -261,21 +325,14 @@ pub fn route<'e>(edges: &'e Edges, host: &str, path_and_query: &str) -> Result<R
     if !is_dns_label(segment) {
         return Err(Rejection::InvalidServiceSegment);
     }
-    let service_name = format!("{}{segment}", edge.service_name_prefix);
-    if service_name.len() > MAX_SERVICE_NAME_LEN {
-        return Err(Rejection::InvalidServiceSegment);
-    }
+    let service_name = ServiceName::join(&edge.service_name_prefix, segment).ok_or(Rejection::InvalidServiceSegment)?;
 
-    let mut upstream_path_and_query = String::with_capacity(rest.len().max(1) + query.len());
-    upstream_path_and_query.push_str(if rest.is_empty() { "/" } else { rest });
-    upstream_path_and_query.push_str(query);
-    Ok(Route {
-        edge,
-        segment: segment.to_owned(),
-        logical_service: format!("{}.{segment}", edge.prefix),
-        service_name,
-        upstream_path_and_query,
-    })
+    // The rest of the path and the query are one slice of the target; only an empty rest
+    // (`/foo` or `/foo?x=1`) needs a new string, to give the upstream a `/`.
+    let after_segment = &path_and_query[1 + segment.len()..];
+    let upstream_path_and_query =
+        if rest.is_empty() { Cow::Owned(format!("/{query}")) } else { Cow::Borrowed(after_segment) };
+    Ok(Route { edge, segment, service_name, upstream_path_and_query })
 }
 
 /// The Kubernetes Service name for a logical service: dots become hyphens.

@@ -50,7 +50,7 @@ fn convention_routes_each_row_to_its_service_and_path() {
             .unwrap_or_else(|rejection| panic!("{host} {target}: rejected with {rejection:?}"));
         assert_eq!(route.service_name, service, "{host} {target}");
         assert_eq!(route.upstream_path_and_query, upstream, "{host} {target}");
-        assert_eq!(route.service_name, service_name(&route.logical_service), "{host} {target}");
+        assert_eq!(route.service_name, service_name(&route.logical_service()), "{host} {target}");
     }
 }
 
@@ -58,7 +58,7 @@ fn convention_routes_each_row_to_its_service_and_path() {
 fn logical_name_and_segment_are_reported() {
     let edges = edges();
     let route = route(&edges, "api.example.com", "/foo/x").expect("routes");
-    assert_eq!(route.logical_service, "service.api.foo");
+    assert_eq!(route.logical_service(), "service.api.foo");
     assert_eq!(route.segment, "foo");
     assert_eq!(route.edge.host(), "api.example.com");
     assert_eq!(route.edge.prefix(), "service.api");
@@ -163,7 +163,8 @@ fn hostile_shapes_are_400_and_unknown_names_are_404() {
 fn longest_allowed_service_name_is_63_characters() {
     let edges = edges();
     let segment = "a".repeat(MAX_SERVICE_NAME_LEN - "service-api-".len());
-    let route = route(&edges, "api.example.com", &format!("/{segment}")).expect("63 characters fit");
+    let target = format!("/{segment}");
+    let route = route(&edges, "api.example.com", &target).expect("63 characters fit");
     assert_eq!(route.service_name.len(), MAX_SERVICE_NAME_LEN);
 }
 
@@ -263,7 +264,8 @@ fn every_exposed_service_is_reachable_at_its_segment() {
     let edge = edges.find("api.example.com").expect("edge");
     for name in ["service-api-foo", "service-api-foo-bar", "service-api-9"] {
         let segment = edge.segment_for_service(name).expect("exposed");
-        let route = route(&edges, "api.example.com", &format!("/{segment}/x")).expect("routes");
+        let target = format!("/{segment}/x");
+        let route = route(&edges, "api.example.com", &target).expect("routes");
         assert_eq!(route.service_name, name);
     }
 }

@@ -1,6 +1,8 @@
 //! Every way a request can fail, and the one function that turns a failure into a response.
 
 use gatehouse_convention::Rejection;
+
+use crate::request::HeadRejection;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::ResponseBody;
@@ -10,6 +12,10 @@ use crate::body::ResponseBody;
 pub enum ProxyError {
     /// The convention refused the host or path (404 or 400, as the convention says).
     Rejected(Rejection),
+    /// No `Host`, several, or a malformed one (400).
+    BadHost,
+    /// `CONNECT`: no tunnels through the edge (405).
+    Connect,
     /// The path names a Service this edge could reach, but there is no such Service.
     UnknownService,
     /// The Service exists but has no ready endpoint.
@@ -29,12 +35,24 @@ impl ProxyError {
     pub fn reason(self) -> &'static str {
         match self {
             Self::Rejected(r) => r.reason(),
+            Self::BadHost => "bad_host",
+            Self::Connect => "connect_refused",
             Self::UnknownService => "unknown_service",
             Self::NoReadyEndpoint => "no_ready_endpoint",
             Self::Overloaded => "overloaded",
             Self::BodyTooLarge => "body_too_large",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+}
+
+impl From<HeadRejection> for ProxyError {
+    fn from(rejection: HeadRejection) -> Self {
+        match rejection {
+            HeadRejection::Convention(r) => Self::Rejected(r),
+            HeadRejection::MissingHost | HeadRejection::InvalidHost => Self::BadHost,
+            HeadRejection::Connect => Self::Connect,
         }
     }
 }
@@ -47,6 +65,8 @@ pub fn error_response(error: ProxyError) -> Response<ResponseBody> {
             400 => (StatusCode::BAD_REQUEST, b"{\"error\":\"bad request path\"}\n"),
             _ => (StatusCode::NOT_FOUND, b"{\"error\":\"no route\"}\n"),
         },
+        ProxyError::BadHost => (StatusCode::BAD_REQUEST, b"{\"error\":\"bad or missing host\"}\n"),
+        ProxyError::Connect => (StatusCode::METHOD_NOT_ALLOWED, b"{\"error\":\"CONNECT is not supported\"}\n"),
         ProxyError::UnknownService => (StatusCode::NOT_FOUND, b"{\"error\":\"no route\"}\n"),
         ProxyError::NoReadyEndpoint => (StatusCode::SERVICE_UNAVAILABLE, b"{\"error\":\"no ready endpoint\"}\n"),
         ProxyError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, b"{\"error\":\"overloaded\"}\n"),
@@ -57,6 +77,11 @@ pub fn error_response(error: ProxyError) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::local(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if error == ProxyError::Connect {
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+    }
     if error == ProxyError::Overloaded {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -75,6 +100,8 @@ mod tests {
             (ProxyError::Rejected(Rejection::InvalidServiceSegment), 404),
             (ProxyError::Rejected(Rejection::DotSegment), 400),
             (ProxyError::Rejected(Rejection::MalformedPath), 400),
+            (ProxyError::BadHost, 400),
+            (ProxyError::Connect, 405),
             (ProxyError::UnknownService, 404),
             (ProxyError::NoReadyEndpoint, 503),
             (ProxyError::Overloaded, 503),

@@ -23,6 +23,7 @@ pub mod headers;
 pub mod kubernetes;
 pub mod metrics;
 pub mod proxy;
+pub mod request;
 mod server;
 pub mod table;
 mod upstream;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use gatehouse_convention::{READY_PATH, route};
+use gatehouse_convention::READY_PATH;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -20,6 +20,7 @@ use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
 use crate::error::{ProxyError, error_response};
 use crate::headers::{X_REQUEST_ID, append_via, is_websocket_upgrade, remove_hop_by_hop, set_forwarded};
 use crate::metrics::UpstreamErrorKind;
+use crate::request::{request_host, route_request};
 use crate::table::Backend;
 use crate::upstream::UpstreamError;
 
@@ -119,27 +120,21 @@ async fn forward(
 ) -> Result<(Response<ResponseBody>, Option<Arc<Backend>>), Failure> {
     log.request_id = Some(shared.request_ids.ensure(req.headers_mut()));
     let table = shared.table.load();
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    let path_and_query = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
     if shared.access_log {
         log.method = req.method().clone();
-        log.host = Some(host.to_owned());
-        log.path = Some(path_and_query.to_owned());
+        log.host = request_host(req.uri(), req.headers()).ok().map(str::to_owned);
+        log.path = req.uri().path_and_query().map(|p| p.as_str().to_owned());
     }
-    let route = route(&table.edges, host, path_and_query).map_err(|r| (ProxyError::Rejected(r), None))?;
+    let route =
+        route_request(&table.edges, req.method(), req.uri(), req.headers()).map_err(|r| (ProxyError::from(r), None))?;
     if shared.access_log {
         log.edge = Some(route.edge.host().to_owned());
     }
     let backend = table.services.get(route.service_name.as_str()).cloned().ok_or((ProxyError::UnknownService, None))?;
+    let path = PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(route.upstream_path_and_query.as_bytes()))
+        .map_err(|_| (ProxyError::Rejected(gatehouse_convention::Rejection::MalformedPath), Some(backend.clone())))?;
     let fail = |e: ProxyError| (e, Some(backend.clone()));
     let (first_index, first) = backend.pick().ok_or_else(|| fail(ProxyError::NoReadyEndpoint))?;
-    let path = PathAndQuery::from_maybe_shared(Bytes::from(route.upstream_path_and_query))
-        .map_err(|_| fail(ProxyError::Rejected(gatehouse_convention::Rejection::MalformedPath)))?;
 
     let limit = shared.limits.max_body_bytes;
     if let (Some(limit), Some(len)) = (limit, req.body().size_hint().exact())
