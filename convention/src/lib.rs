@@ -398,19 +398,27 @@ fn check_path(path: &str) -> Result<(), Rejection> {
 }
 
 /// Whether any `/`- or `\`-separated segment is `.` or `..` (backslash because some
-/// upstream servers treat it as a separator).
+/// upstream servers treat it as a separator), also with path parameters after it (`..;x`):
+/// Tomcat and Spring drop everything from a `;` in a segment, leaving a dot segment.
 fn has_dot_segment(path: &str) -> bool {
-    path.split(['/', '\\']).any(|segment| segment == "." || segment == "..")
+    path.split(['/', '\\']).any(|segment| {
+        let name = segment.split(';').next().unwrap_or(segment);
+        name == "." || name == ".."
+    })
 }
 
 /// One layer of percent-decoding, or `None` when there is nothing to decode. A decoded
-/// control byte (NUL, CR, LF, ...) is always malformed; a broken escape is malformed when
-/// `strict`, and kept as it is otherwise. Bytes above ASCII decode to the Latin-1 character
-/// of the same value: the result is only inspected, never forwarded.
+/// control byte (NUL, CR, LF, ...) is always malformed, and so is overlong UTF-8 (`%c0%ae`
+/// spells `.` the long way; decoders that accept it, old IIS and Tomcat among them, see a
+/// dot segment); a broken escape is malformed when `strict`, and kept as it is otherwise.
+/// Bytes above ASCII decode to the Latin-1 character of the same value: the result is only
+/// inspected, never forwarded.
 fn percent_decode(s: &str, strict: bool) -> Result<Option<String>, Rejection> {
     let bytes = s.as_bytes();
     let mut out = String::with_capacity(bytes.len());
     let mut decoded_any = false;
+    // The byte decoded by the escape just before this one, if the previous item was one.
+    let mut previous: Option<u8> = None;
     let mut i = 0;
     while i < bytes.len() {
         let escape = (bytes[i] == b'%')
@@ -420,21 +428,30 @@ fn percent_decode(s: &str, strict: bool) -> Result<Option<String>, Rejection> {
         match escape {
             Some(hex) => {
                 let value = (hex_value(hex[0]) << 4) | hex_value(hex[1]);
-                if value.is_ascii_control() {
+                if value.is_ascii_control() || is_overlong_utf8(previous, value) {
                     return Err(Rejection::MalformedPath);
                 }
                 out.push(char::from(value));
                 decoded_any = true;
+                previous = Some(value);
                 i += 3;
             }
             None if bytes[i] == b'%' && strict => return Err(Rejection::MalformedPath),
             None => {
                 out.push(char::from(bytes[i]));
+                previous = None;
                 i += 1;
             }
         }
     }
     Ok(decoded_any.then_some(out))
+}
+
+/// Bytes that only ever start an overlong UTF-8 sequence: `C0` and `C1` (two bytes for
+/// what fits in one), `E0` followed by `80`-`9F` and `F0` followed by `80`-`8F` (three or
+/// four bytes for what fits in fewer). Never part of valid UTF-8.
+fn is_overlong_utf8(previous: Option<u8>, value: u8) -> bool {
+    matches!(value, 0xC0 | 0xC1) || matches!((previous, value), (Some(0xE0), 0x80..=0x9F) | (Some(0xF0), 0x80..=0x8F))
 }
 
 fn hex_value(digit: u8) -> u8 {

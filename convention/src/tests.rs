@@ -30,6 +30,10 @@ const ROUTED: &[(&str, &str, &str, &str)] = &[
     ("api.example.com", "/foo/.well-known/x", "service-api-foo", "/.well-known/x"),
     ("api.example.com", "/foo/...", "service-api-foo", "/..."),
     ("api.example.com", "/foo/a..b", "service-api-foo", "/a..b"),
+    ("api.example.com", "/foo/..a;/b", "service-api-foo", "/..a;/b"),
+    ("api.example.com", "/foo/a;..", "service-api-foo", "/a;.."),
+    // valid UTF-8 next to what overlong sequences look like
+    ("api.example.com", "/foo/%e0%a0%80%f0%90%80%80%c2%80", "service-api-foo", "/%e0%a0%80%f0%90%80%80%c2%80"),
     // service segments: DNS labels with digits and inner hyphens
     ("api.example.com", "/foo-bar/x", "service-api-foo-bar", "/x"),
     ("api.example.com", "/9lives", "service-api-9lives", "/"),
@@ -120,6 +124,12 @@ const REJECTED: &[(&str, &str, Rejection)] = &[
     ("api.example.com", "/foo\\..\\bar", Rejection::DotSegment),
     ("api.example.com", "/foo/%5c..%5cbar", Rejection::DotSegment),
     ("api.example.com", "/foo/..%5Cbar", Rejection::DotSegment),
+    // path parameters after a dot segment (Tomcat and Spring drop them)
+    ("api.example.com", "/foo/..;/bar", Rejection::DotSegment),
+    ("api.example.com", "/foo/..;jsessionid=1/bar", Rejection::DotSegment),
+    ("api.example.com", "/foo/.;x/y", Rejection::DotSegment),
+    ("api.example.com", "/foo/%2e%2e;x/bar", Rejection::DotSegment),
+    ("api.example.com", "/foo/%252e%252e%253b/bar", Rejection::DotSegment),
     // a hostile path is 400 whatever the host
     ("unknown.example.com", "/foo/../bar", Rejection::DotSegment),
     // malformed targets: not origin-form, control or non-ASCII bytes, broken escapes
@@ -138,6 +148,14 @@ const REJECTED: &[(&str, &str, Rejection)] = &[
     ("api.example.com", "/foo/%0d%0aX:1", Rejection::MalformedPath),
     ("api.example.com", "/foo/%7F", Rejection::MalformedPath),
     ("api.example.com", "/foo/%25%30%30", Rejection::MalformedPath),
+    // overlong UTF-8: '.', '/' and '\' spelt the long way, at any depth
+    ("api.example.com", "/foo/%c0%ae%c0%ae/bar", Rejection::MalformedPath),
+    ("api.example.com", "/foo/%C0%AE%C0%AE%C0%AFbar", Rejection::MalformedPath),
+    ("api.example.com", "/foo/..%c0%afbar", Rejection::MalformedPath),
+    ("api.example.com", "/foo/..%c1%9cbar", Rejection::MalformedPath),
+    ("api.example.com", "/foo/%e0%80%ae%e0%80%ae/bar", Rejection::MalformedPath),
+    ("api.example.com", "/foo/%f0%80%80%ae", Rejection::MalformedPath),
+    ("api.example.com", "/foo/%25c0%25ae%25c0%25ae/bar", Rejection::MalformedPath),
     // encoded more deeply than any legitimate client does
     ("api.example.com", "/foo/%2525252e", Rejection::MalformedPath),
 ];

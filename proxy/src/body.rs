@@ -1,13 +1,17 @@
-//! Body types: the request body sent upstream (length-limited)
+//! Body types: the request body sent upstream (length-limited, with a read timeout)
 //! and the response body (the upstream's, streamed, or a short local answer).
 
+use std::error::Error;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::error::ProxyError;
 use crate::upstream::PooledBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -17,24 +21,54 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body is larger than the configured limit")]
 pub struct BodyTooLarge;
 
+/// The client paused longer than `timeouts.body_read` between two pieces of its body.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body data within the body read timeout")]
+pub struct BodyReadTimeout;
+
+/// Reading the client's body failed: malformed chunked framing, or the client went away.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body from the client failed")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
+/// When an upstream exchange failed because of the client's body (somewhere in the error's
+/// source chain), what the client gets instead of a 502: the upstream is not at fault.
+pub fn client_fault(error: &(dyn Error + 'static)) -> Option<ProxyError> {
+    if error.is::<BodyTooLarge>() {
+        Some(ProxyError::BodyTooLarge)
+    } else if error.is::<BodyReadTimeout>() {
+        Some(ProxyError::BodyReadTimeout)
+    } else if error.is::<ClientBodyError>() {
+        Some(ProxyError::BadRequestBody)
+    } else {
+        None
+    }
+}
+
 /// A client's request body on its way upstream.
 ///
 /// Streams without buffering. Counts bytes against the body limit (a chunked body has no
-/// length to check up front).
+/// length to check up front). While it waits for the client (not while the upstream is slow
+/// to take what was read), a timer runs: `read_timeout` without a byte ends the body with
+/// [`BodyReadTimeout`], which aborts the upstream request.
 #[derive(Debug)]
 pub struct RequestBody {
     inner: Option<Incoming>,
     remaining: u64,
+    read_timeout: Duration,
+    /// Armed when the client's next piece is awaited; made on the first wait and reused.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
 }
 
 impl RequestBody {
     /// An empty body (GET and friends).
     pub fn empty() -> Self {
-        Self { inner: None, remaining: u64::MAX }
+        Self { inner: None, remaining: u64::MAX, read_timeout: Duration::MAX, stall: None, waiting: false }
     }
 
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
-        Self { inner: Some(inner), remaining: limit.unwrap_or(u64::MAX) }
+    pub fn new(inner: Incoming, limit: Option<u64>, read_timeout: Duration) -> Self {
+        Self { inner: Some(inner), remaining: limit.unwrap_or(u64::MAX), read_timeout, stall: None, waiting: false }
     }
 }
 
@@ -45,8 +79,27 @@ impl Body for RequestBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+        let Poll::Ready(polled) = Pin::new(inner).poll_frame(cx) else {
+            if !this.waiting {
+                this.waiting = true;
+                let now = tokio::time::Instant::now();
+                // A timeout of years is as good as none, and must not overflow the clock.
+                let deadline = now.checked_add(this.read_timeout).unwrap_or(now + Duration::from_secs(1 << 30));
+                match &mut this.stall {
+                    Some(stall) => stall.as_mut().reset(deadline),
+                    None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                }
+            }
+            if let Some(stall) = &mut this.stall
+                && stall.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Some(Err(Box::new(BodyReadTimeout))));
+            }
+            return Poll::Pending;
+        };
+        this.waiting = false;
+        match polled {
+            Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
@@ -56,9 +109,8 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
+            None => Poll::Ready(None),
         }
     }
 

@@ -80,6 +80,12 @@ pub struct Timeouts {
     /// A client must deliver a complete request head within this time of its first byte.
     #[serde(with = "humantime_serde")]
     pub header_read: Duration,
+    /// A client sending a request body may pause this long between two pieces of it; beyond
+    /// it the upstream request is aborted and the client gets 408 (if no response has begun)
+    /// and the connection is closed. Keep it below `request`, which also runs while an
+    /// upstream waits for the body, or a stalled upload is answered 504 instead.
+    #[serde(with = "humantime_serde")]
+    pub body_read: Duration,
     /// A client connection waiting for its next request (or its first) is closed after this
     /// long without a byte. Behind an ALB it must exceed the ALB's idle timeout (60 s by
     /// default), so that the ALB, never the proxy, closes idle connections: a request the ALB
@@ -103,6 +109,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(2),
             request: Duration::from_secs(30),
             header_read: Duration::from_secs(10),
+            body_read: Duration::from_secs(10),
             // nginx's keepalive_timeout default; 15 s above the ALB's default idle timeout.
             client_idle: Duration::from_secs(75),
             idle: Duration::from_secs(60),
@@ -223,6 +230,7 @@ impl Config {
             ("connect", self.timeouts.connect),
             ("request", self.timeouts.request),
             ("header_read", self.timeouts.header_read),
+            ("body_read", self.timeouts.body_read),
             ("client_idle", self.timeouts.client_idle),
             ("idle", self.timeouts.idle),
         ] {
@@ -363,6 +371,16 @@ access_log: false
         assert_eq!(s.config.timeouts.client_idle, Duration::from_secs(350));
         let e = parse(&GOOD.replace("connect: 1s", "connect: 1s, client_idle: 0s")).expect_err("zero");
         assert_eq!(e.key, "timeouts.client_idle");
+    }
+
+    #[test]
+    fn body_read_defaults_to_ten_seconds_and_is_configurable() {
+        let s = parse(GOOD).expect("valid");
+        assert_eq!(s.config.timeouts.body_read, Duration::from_secs(10));
+        let s = parse(&GOOD.replace("connect: 1s", "connect: 1s, body_read: 750ms")).expect("valid");
+        assert_eq!(s.config.timeouts.body_read, Duration::from_millis(750));
+        let e = parse(&GOOD.replace("connect: 1s", "connect: 1s, body_read: 0s")).expect_err("zero");
+        assert_eq!(e.key, "timeouts.body_read");
     }
 
     #[test]

@@ -16,6 +16,14 @@ pub enum ProxyError {
     BadHost,
     /// `CONNECT`: no tunnels through the edge (405).
     Connect,
+    /// A transfer coding other than `chunked` (501, RFC 9112 §6.1): its content would be
+    /// forwarded as if it were not encoded.
+    UnsupportedTransferCoding,
+    /// The body's framing is malformed (`chunked` twice, a bad chunk), or the client went
+    /// away in the middle of it (400).
+    BadRequestBody,
+    /// The client paused longer than `timeouts.body_read` in the middle of its body (408).
+    BodyReadTimeout,
     /// The path names a Service this edge could reach, but there is no such Service.
     UnknownService,
     /// The Service exists but has no ready endpoint.
@@ -37,6 +45,9 @@ impl ProxyError {
             Self::Rejected(r) => r.reason(),
             Self::BadHost => "bad_host",
             Self::Connect => "connect_refused",
+            Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            Self::BadRequestBody => "bad_request_body",
+            Self::BodyReadTimeout => "body_read_timeout",
             Self::UnknownService => "unknown_service",
             Self::NoReadyEndpoint => "no_ready_endpoint",
             Self::Overloaded => "overloaded",
@@ -53,6 +64,8 @@ impl From<HeadRejection> for ProxyError {
             HeadRejection::Convention(r) => Self::Rejected(r),
             HeadRejection::MissingHost | HeadRejection::InvalidHost => Self::BadHost,
             HeadRejection::Connect => Self::Connect,
+            HeadRejection::UnsupportedTransferCoding => Self::UnsupportedTransferCoding,
+            HeadRejection::BadFraming => Self::BadRequestBody,
         }
     }
 }
@@ -67,6 +80,11 @@ pub fn error_response(error: ProxyError) -> Response<ResponseBody> {
         },
         ProxyError::BadHost => (StatusCode::BAD_REQUEST, b"{\"error\":\"bad or missing host\"}\n"),
         ProxyError::Connect => (StatusCode::METHOD_NOT_ALLOWED, b"{\"error\":\"CONNECT is not supported\"}\n"),
+        ProxyError::UnsupportedTransferCoding => {
+            (StatusCode::NOT_IMPLEMENTED, b"{\"error\":\"transfer coding not supported\"}\n")
+        }
+        ProxyError::BadRequestBody => (StatusCode::BAD_REQUEST, b"{\"error\":\"malformed request body\"}\n"),
+        ProxyError::BodyReadTimeout => (StatusCode::REQUEST_TIMEOUT, b"{\"error\":\"request body timeout\"}\n"),
         ProxyError::UnknownService => (StatusCode::NOT_FOUND, b"{\"error\":\"no route\"}\n"),
         ProxyError::NoReadyEndpoint => (StatusCode::SERVICE_UNAVAILABLE, b"{\"error\":\"no ready endpoint\"}\n"),
         ProxyError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, b"{\"error\":\"overloaded\"}\n"),
@@ -82,7 +100,18 @@ pub fn error_response(error: ProxyError) -> Response<ResponseBody> {
             .headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
     }
-    if error == ProxyError::Overloaded {
+    // Overloaded: this connection should not stay. CONNECT: what follows its head may be
+    // meant for a tunnel, never to be read as requests. The others: the request's body was not
+    // read to its end, or cannot be trusted to end where it says (RFC 9110 §15.5.9: a 408
+    // closes the connection).
+    if matches!(
+        error,
+        ProxyError::Overloaded
+            | ProxyError::Connect
+            | ProxyError::BodyReadTimeout
+            | ProxyError::BadRequestBody
+            | ProxyError::UnsupportedTransferCoding
+    ) {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
@@ -102,6 +131,9 @@ mod tests {
             (ProxyError::Rejected(Rejection::MalformedPath), 400),
             (ProxyError::BadHost, 400),
             (ProxyError::Connect, 405),
+            (ProxyError::UnsupportedTransferCoding, 501),
+            (ProxyError::BadRequestBody, 400),
+            (ProxyError::BodyReadTimeout, 408),
             (ProxyError::UnknownService, 404),
             (ProxyError::NoReadyEndpoint, 503),
             (ProxyError::Overloaded, 503),
@@ -111,6 +143,14 @@ mod tests {
         ];
         for (error, status) in cases {
             assert_eq!(error_response(error).status().as_u16(), status, "{error:?}");
+        }
+        for error in [
+            ProxyError::Connect,
+            ProxyError::BodyReadTimeout,
+            ProxyError::BadRequestBody,
+            ProxyError::UnsupportedTransferCoding,
+        ] {
+            assert_eq!(error_response(error).headers()[header::CONNECTION], "close", "{error:?}");
         }
     }
 }

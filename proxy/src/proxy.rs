@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::Shared;
-use crate::body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::body::{RequestBody, ResponseBody, client_fault};
 use crate::error::{ProxyError, error_response};
 use crate::headers::{X_REQUEST_ID, append_via, is_websocket_upgrade, remove_hop_by_hop, set_forwarded};
 use crate::metrics::UpstreamErrorKind;
@@ -155,7 +155,11 @@ async fn forward(
 
     // The connection is made before the request is handed over: when it cannot be made,
     // nothing was sent and the same request (body included) goes to another endpoint.
-    let body = if incoming.is_end_stream() { RequestBody::empty() } else { RequestBody::new(incoming, limit) };
+    let body = if incoming.is_end_stream() {
+        RequestBody::empty()
+    } else {
+        RequestBody::new(incoming, limit, shared.timeouts.body_read)
+    };
     if !parts.headers.contains_key(header::HOST) {
         parts.headers.insert(header::HOST, HeaderValue::from_str(first.authority.as_str()).expect("an authority"));
     }
@@ -208,8 +212,8 @@ fn upstream_error(shared: &Shared, e: &UpstreamError) -> ProxyError {
             let mut io_kind = None;
             let mut source = e.source();
             while let Some(s) = source {
-                if s.downcast_ref::<BodyTooLarge>().is_some() {
-                    return ProxyError::BodyTooLarge;
+                if let Some(error) = client_fault(s) {
+                    return error;
                 }
                 if let Some(io) = s.downcast_ref::<io::Error>() {
                     io_kind = Some(io.kind());

@@ -12,13 +12,21 @@ use http::{Method, Uri};
 pub enum HeadRejection {
     /// The convention refused the host or path.
     Convention(Rejection),
-    /// No `Host` header and no absolute-form target: nothing says which edge is meant.
+    /// No `Host` header: nothing says which edge is meant, and HTTP/1.1 requires one even
+    /// with an absolute-form target (RFC 9112 §3.2).
     MissingHost,
-    /// Several `Host` headers, or one that is not visible ASCII: a request that different
-    /// hops could read differently is refused (RFC 9112 §3.2).
+    /// Several `Host` headers, or one (or an absolute-form authority) that is not a plain
+    /// `host[:port]`: a request that different hops could read differently is refused
+    /// (RFC 9112 §3.2).
     InvalidHost,
     /// `CONNECT` asks for a tunnel; an edge proxy routes requests, it does not open tunnels.
     Connect,
+    /// A transfer coding other than `chunked` (hyper has already refused one that does not
+    /// end in `chunked`): the proxy would forward the coded content as if it were plain.
+    UnsupportedTransferCoding,
+    /// `chunked` more than once (RFC 9112 §6.1: a sender must not): the body's framing
+    /// cannot be trusted.
+    BadFraming,
 }
 
 /// Routes a request head. The host is the authority of an absolute-form target when there is
@@ -33,26 +41,91 @@ pub fn route_request<'e, 'r>(
         return Err(HeadRejection::Connect);
     }
     let host = request_host(uri, headers)?;
+    check_transfer_coding(headers)?;
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
     route(edges, host, path_and_query).map_err(HeadRejection::Convention)
 }
 
 /// The host a request is for, without deciding whether any edge serves it.
+///
+/// There must be exactly one `Host` header, and it must be a host (RFC 9112 §3.2: 400 for
+/// none on HTTP/1.1, several, or an invalid one), also when an absolute-form target says
+/// which host is meant; that authority must be a host too (no userinfo, RFC 9110 §4.2.4).
 pub fn request_host<'r>(uri: &'r Uri, headers: &'r HeaderMap) -> Result<&'r str, HeadRejection> {
     let mut values = headers.get_all(header::HOST).iter();
-    let first = values.next();
+    let first = values.next().ok_or(HeadRejection::MissingHost)?;
     if values.next().is_some() {
         return Err(HeadRejection::InvalidHost);
     }
-    if let Some(authority) = uri.authority() {
-        return Ok(authority.as_str());
+    let header_host = first.to_str().map_err(|_| HeadRejection::InvalidHost)?;
+    let host = uri.authority().map_or(header_host, |authority| authority.as_str());
+    if !is_host(header_host.as_bytes()) || !is_host(host.as_bytes()) {
+        return Err(HeadRejection::InvalidHost);
     }
-    let value = first.ok_or(HeadRejection::MissingHost)?;
-    let host = value.to_str().map_err(|_| HeadRejection::InvalidHost)?;
-    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic()) {
+    // An absolute-form target and a Host that disagree: the ALB's host-based rules, the WAF
+    // and the access log read `Host`, the router would read the target. No client has a
+    // reason to send both differently, so the request is refused rather than routed by either.
+    if let Some(authority) = uri.authority()
+        && !authority.host().trim_end_matches('.').eq_ignore_ascii_case(host_name(header_host))
+    {
         return Err(HeadRejection::InvalidHost);
     }
     Ok(host)
+}
+
+/// The name in a `host[:port]` value, without the port or a trailing dot.
+fn host_name(host: &str) -> &str {
+    let name = match host.rfind([':', ']']) {
+        Some(at) if host.as_bytes()[at] == b':' => &host[..at],
+        _ => host,
+    };
+    name.trim_end_matches('.')
+}
+
+/// `host[:port]` as far as the bytes go: letters, digits, `-._~`, and `:[]` for ports and
+/// IPv6 literals. No userinfo (`@`), path, percent-encoding, space or control byte, which
+/// an upstream building URLs from `Host` could be fooled by.
+fn is_host(host: &[u8]) -> bool {
+    !host.is_empty() && host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b))
+}
+
+/// `Transfer-Encoding`, when present, must be `chunked` and nothing else: hyper has decoded
+/// the chunked framing, and whatever coding came before it would reach the upstream as if the
+/// content were plain (RFC 9112 §6.1: 501 for a coding not understood; `chunked` twice is a
+/// framing error).
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), HeadRejection> {
+    let mut chunked = 0;
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            if !coding.eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadRejection::UnsupportedTransferCoding);
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(HeadRejection::BadFraming);
+    }
+    Ok(())
+}
+
+/// For an absolute-form target (`GET http://api.example.com/foo HTTP/1.1`), replaces the
+/// `Host` header by the target's authority, which is what the request is routed by: RFC 9112
+/// §3.2.2, a proxy forwarding such a request must generate `Host` from the target, so the
+/// upstream never sees a host other than the one that chose it. Only a head that
+/// [`request_host`] accepts is changed (one that it refuses is answered 400 as it came).
+pub fn host_from_target(uri: &Uri, headers: &mut HeaderMap) {
+    let Some(authority) = uri.authority() else { return };
+    if request_host(uri, headers).is_err() {
+        return;
+    }
+    if let Ok(value) = http::HeaderValue::from_str(authority.as_str()) {
+        headers.insert(header::HOST, value);
+    }
 }
 
 #[cfg(test)]
@@ -83,20 +156,27 @@ mod tests {
         let rows: &[Row] = &[
             (Method::GET, "/foo/x", &[b"api.example.com"], Ok("service-api-foo")),
             (Method::GET, "/foo/x", &[b"API.example.com:443"], Ok("service-api-foo")),
-            // absolute form: the target's authority wins over Host, both ways
-            (Method::GET, "http://api.example.com/foo/x", &[b"evil.example.com"], Ok("service-api-foo")),
-            (
-                Method::GET,
-                "http://evil.example.com/foo/x",
-                &[b"api.example.com"],
-                Err(HeadRejection::Convention(Rejection::UnknownHost)),
-            ),
+            // absolute form: routed by the target, which must name the same host as Host
+            (Method::GET, "http://api.example.com/foo/x", &[b"api.example.com"], Ok("service-api-foo")),
+            (Method::GET, "http://API.example.com:443/foo/x", &[b"api.example.com."], Ok("service-api-foo")),
+            (Method::GET, "http://[::1]:80/foo/x", &[b"[::1]"], Err(HeadRejection::Convention(Rejection::UnknownHost))),
+            (Method::GET, "http://api.example.com/foo/x", &[b"evil.example.com"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "http://evil.example.com/foo/x", &[b"api.example.com"], Err(HeadRejection::InvalidHost)),
             (Method::GET, "/foo/x", &[], Err(HeadRejection::MissingHost)),
             (Method::GET, "/foo/x", &[b"api.example.com", b"api.example.com"], Err(HeadRejection::InvalidHost)),
             (Method::GET, "/foo/x", &[b"api.example.com", b"evil.example.com"], Err(HeadRejection::InvalidHost)),
             (Method::GET, "/foo/x", &[b""], Err(HeadRejection::InvalidHost)),
             (Method::GET, "/foo/x", &[b"api.example.com\xff"], Err(HeadRejection::InvalidHost)),
             (Method::GET, "/foo/x", &[b"api.example.com x"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"evil.example.com@api.example.com"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"api.example.com/../x"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"api.example.com\\x"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"api%2eexample.com"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"[::1]:8080"], Err(HeadRejection::Convention(Rejection::UnknownHost))),
+            // absolute form: Host is still required and checked; the authority has no userinfo
+            (Method::GET, "http://api.example.com/foo/x", &[], Err(HeadRejection::MissingHost)),
+            (Method::GET, "http://api.example.com/foo/x", &[b"a b"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "http://evil@api.example.com/foo/x", &[b"api.example.com"], Err(HeadRejection::InvalidHost)),
             (Method::CONNECT, "api.example.com:443", &[b"api.example.com"], Err(HeadRejection::Connect)),
             (Method::OPTIONS, "*", &[b"api.example.com"], Err(HeadRejection::Convention(Rejection::MalformedPath))),
         ];
@@ -109,5 +189,49 @@ mod tests {
                 "{method} {target} {hosts:?}"
             );
         }
+    }
+
+    #[test]
+    fn transfer_coding_other_than_one_chunked_is_refused() {
+        let edges = edges();
+        // (Transfer-Encoding lines, expected)
+        type CodingRow = (&'static [&'static [u8]], Result<(), HeadRejection>);
+        let rows: &[CodingRow] = &[
+            (&[], Ok(())),
+            (&[b"chunked"], Ok(())),
+            (&[b"CHUNKED"], Ok(())),
+            (&[b" chunked "], Ok(())),
+            (&[b"gzip, chunked"], Err(HeadRejection::UnsupportedTransferCoding)),
+            (&[b"identity, chunked"], Err(HeadRejection::UnsupportedTransferCoding)),
+            (&[b"gzip", b"chunked"], Err(HeadRejection::UnsupportedTransferCoding)),
+            (&[b"chunked, chunked"], Err(HeadRejection::BadFraming)),
+            (&[b"chunked", b"chunked"], Err(HeadRejection::BadFraming)),
+        ];
+        for (codings, expected) in rows {
+            let (uri, mut headers) = head("/foo/x", &[b"api.example.com"]);
+            for coding in *codings {
+                headers.append(header::TRANSFER_ENCODING, HeaderValue::from_bytes(coding).unwrap());
+            }
+            let got = route_request(&edges, &Method::POST, &uri, &headers).map(|_| ());
+            assert_eq!(got, *expected, "{codings:?}");
+        }
+    }
+
+    #[test]
+    fn an_absolute_form_target_replaces_host() {
+        let (uri, mut headers) = head("http://API.example.com:8080/foo/x", &[b"api.example.com"]);
+        host_from_target(&uri, &mut headers);
+        assert_eq!(headers[header::HOST], "API.example.com:8080");
+        // Refused heads are left as they came, to be answered 400.
+        let refused: [&[&[u8]]; 4] = [&[], &[b"a", b"b"], &[b"a b"], &[b"evil.example.com"]];
+        for hosts in refused {
+            let (uri, mut headers) = head("http://api.example.com/foo/x", hosts);
+            let before = headers.clone();
+            host_from_target(&uri, &mut headers);
+            assert_eq!(headers, before);
+        }
+        let (uri, mut headers) = head("/foo/x", &[b"api.example.com"]);
+        host_from_target(&uri, &mut headers);
+        assert_eq!(headers[header::HOST], "api.example.com");
     }
 }

@@ -5,7 +5,11 @@
 //! - `/stream`: sends `first\n`, then waits for [`Backend::release`] before `last\n`;
 //! - `/echo-body`: streams the request body back;
 //! - `/ws`: a WebSocket echo server;
-//! - anything else: 200 with `{"backend": name, "path": path_and_query}`.
+//! - anything else: reads the request body to its end, then 200 with
+//!   `{"backend": name, "path": path_and_query}`.
+//!
+//! A request is recorded as soon as its head arrives (so that a request whose body never
+//! completes still counts as contacting the backend); its body is filled in once read.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,12 +39,21 @@ pub struct Recorded {
     pub method: http::Method,
     pub path_and_query: String,
     pub headers: HeaderMap,
+    /// The body, once read to its end (only the default answer reads it); `None` while it
+    /// is being read, when reading it failed (the request was aborted), or for the special
+    /// paths.
+    pub body: Option<Bytes>,
+    /// Reading the body failed: the request was aborted on its way (default answer only).
+    pub body_failed: bool,
+    /// Arrival order at this backend, from 0.
+    pub seq: u64,
 }
 
 #[derive(Debug)]
 struct BackendState {
     name: String,
     requests: Mutex<Vec<Recorded>>,
+    arrived: std::sync::atomic::AtomicU64,
     release: Notify,
 }
 
@@ -56,8 +69,12 @@ impl Backend {
     pub async fn start(name: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
         let addr = listener.local_addr().expect("backend addr");
-        let state =
-            Arc::new(BackendState { name: name.to_owned(), requests: Mutex::new(Vec::new()), release: Notify::new() });
+        let state = Arc::new(BackendState {
+            name: name.to_owned(),
+            requests: Mutex::new(Vec::new()),
+            arrived: std::sync::atomic::AtomicU64::new(0),
+            release: Notify::new(),
+        });
         let app = Router::new().fallback(answer).with_state(state.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -74,6 +91,11 @@ impl Backend {
         self.state.requests.lock().expect("lock").len()
     }
 
+    /// Every request received so far, forgetting them: the next call sees only newer ones.
+    pub fn take_requests(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.state.requests.lock().expect("lock"))
+    }
+
     /// Lets a pending `/stream` response send its last chunk.
     pub fn release(&self) {
         self.state.release.notify_one();
@@ -88,10 +110,14 @@ impl Drop for Backend {
 
 async fn answer(State(state): State<Arc<BackendState>>, mut req: Request) -> Response {
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let seq = state.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     state.requests.lock().expect("lock").push(Recorded {
         method: req.method().clone(),
         path_and_query: path_and_query.clone(),
         headers: req.headers().clone(),
+        body: None,
+        body_failed: false,
+        seq,
     });
     match req.uri().path() {
         "/slow" => {
@@ -143,7 +169,20 @@ async fn answer(State(state): State<Arc<BackendState>>, mut req: Request) -> Res
                 .body(Body::empty())
                 .expect("valid response")
         }
-        _ => axum::Json(serde_json::json!({ "backend": state.name, "path": path_and_query })).into_response(),
+        _ => {
+            let body = req.into_body().collect().await.map(http_body_util::Collected::to_bytes);
+            // `take_requests` may have taken it meanwhile: then there is nothing to fill in.
+            if let Some(recorded) = state.requests.lock().expect("lock").iter_mut().find(|r| r.seq == seq) {
+                match &body {
+                    Ok(bytes) => recorded.body = Some(bytes.clone()),
+                    Err(_) => recorded.body_failed = true,
+                }
+            }
+            if body.is_err() {
+                return StatusCode::BAD_REQUEST.into_response();
+            }
+            axum::Json(serde_json::json!({ "backend": state.name, "path": path_and_query })).into_response()
+        }
     }
 }
 
@@ -237,5 +276,159 @@ where
         }
         assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One response read off a raw connection by [`RawConn::response`].
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    /// Header names lower-cased, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first value of a header (name in lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why no (further) response could be read from a raw connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawEnd {
+    /// The peer closed (or reset) the connection; `pending` is what it sent after the last
+    /// complete response, if anything.
+    Closed { pending: Vec<u8> },
+    /// Nothing complete arrived within the time given.
+    TimedOut { pending: Vec<u8> },
+    /// Bytes that are not an HTTP/1.1 response.
+    Malformed(String),
+}
+
+/// A TCP connection that sends exactly the bytes it is given and parses what comes back by
+/// hand: for requests no well-behaved client would send.
+#[derive(Debug)]
+pub struct RawConn {
+    pub stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl RawConn {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        Self { stream, buf: Vec::new(), eof: false }
+    }
+
+    /// Writes `bytes`; `false` when the peer has already closed the connection.
+    pub async fn send(&mut self, bytes: &[u8]) -> bool {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.is_ok() && self.stream.flush().await.is_ok()
+    }
+
+    /// Reads more bytes into the buffer, until `deadline`; `false` at the end of the stream.
+    async fn fill(&mut self, deadline: tokio::time::Instant) -> Result<bool, RawEnd> {
+        use tokio::io::AsyncReadExt;
+        if self.eof {
+            return Ok(false);
+        }
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+            Err(_) => Err(RawEnd::TimedOut { pending: self.buf.clone() }),
+            Ok(Ok(0) | Err(_)) => {
+                self.eof = true;
+                Ok(false)
+            }
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Reads one complete response (framed by `Content-Length`, chunked, or the end of the
+    /// stream), within `timeout`. (Not for the answer to a HEAD, which has no body.)
+    pub async fn response(&mut self, timeout: Duration) -> Result<RawResponse, RawEnd> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let head_end = loop {
+            if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            if !self.fill(deadline).await? {
+                return Err(RawEnd::Closed { pending: std::mem::take(&mut self.buf) });
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| RawEnd::Malformed(head.clone()))?;
+        let mut headers = Vec::new();
+        for line in lines {
+            let (name, value) = line.split_once(':').ok_or_else(|| RawEnd::Malformed(head.clone()))?;
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        self.buf.drain(..head_end + 4);
+        let mut response = RawResponse { status, headers, body: Vec::new() };
+        let chunked = response.header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
+        let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
+        if bodiless {
+            // No body, whatever the headers say.
+        } else if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break at;
+                    }
+                    if !self.fill(deadline).await? {
+                        return Err(RawEnd::Malformed("chunked body cut short".into()));
+                    }
+                };
+                let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+                let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| RawEnd::Malformed(format!("chunk size {size_text:?}")))?;
+                while self.buf.len() < line_end + 2 + size + 2 {
+                    if !self.fill(deadline).await? {
+                        return Err(RawEnd::Malformed("chunk cut short".into()));
+                    }
+                }
+                response.body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else if let Some(length) = response.header("content-length") {
+            let length: usize = length.parse().map_err(|_| RawEnd::Malformed(format!("Content-Length {length}")))?;
+            while self.buf.len() < length {
+                if !self.fill(deadline).await? {
+                    return Err(RawEnd::Malformed("body cut short".into()));
+                }
+            }
+            response.body = self.buf.drain(..length).collect();
+        } else {
+            while self.fill(deadline).await? {}
+            response.body = std::mem::take(&mut self.buf);
+        }
+        Ok(response)
+    }
+
+    /// Waits up to `timeout` for the peer to close the connection; `Ok` with whatever it sent
+    /// first (nothing, normally), `Err` with what arrived when it is still open.
+    pub async fn closed_within(&mut self, timeout: Duration) -> Result<Vec<u8>, Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.fill(deadline).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(std::mem::take(&mut self.buf)),
+                Err(_) => return Err(std::mem::take(&mut self.buf)),
+            }
+        }
     }
 }

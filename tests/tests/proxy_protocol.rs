@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use gatehouse_tests::backends::{Backend, client, config, eventually, get, start_proxy};
+use gatehouse_tests::backends::{Backend, RawConn, client, config, eventually, get, start_proxy};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -311,4 +311,106 @@ fn a_via_pseudonym_that_is_not_a_token_is_refused() {
     let yaml = config(&[], "via: \"node a\"\n");
     let error = gatehouse_proxy::Config::parse(&yaml, std::path::Path::new("p.yaml")).unwrap_err();
     assert_eq!(error.to_string(), "p.yaml: via: \"node a\" is not a token (letters, digits, '-', '.', '_', '~')");
+}
+
+/// The request heads (each with a body that starts and then stalls) used by the body read
+/// timeout tests: Content-Length with part of the body, with none of it, and chunked.
+const STALLED_BODIES: &[(&str, &[u8])] = &[
+    (
+        "Content-Length, part of the body",
+        b"POST /foo/x HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 100\r\n\r\n0123456789",
+    ),
+    ("Content-Length, no body yet", b"POST /foo/x HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 100\r\n\r\n"),
+    (
+        "chunked, one chunk",
+        b"POST /foo/x HTTP/1.1\r\nHost: api.example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    ),
+];
+
+#[tokio::test]
+async fn a_stalled_request_body_is_answered_408_and_the_upstream_request_aborted() {
+    let foo = Backend::start("foo").await;
+    // `request` well above `body_read`: only the body timeout can answer in time.
+    let extra = "timeouts: { body_read: 500ms, request: 20s }\n";
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], extra)).await;
+    for (shape, bytes) in STALLED_BODIES {
+        let mut conn = RawConn::connect(proxy.traffic_addr()).await;
+        assert!(conn.send(bytes).await, "{shape}");
+        let sent = Instant::now();
+        let response = conn.response(Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("{shape}: {e:?}"));
+        let waited = sent.elapsed();
+        assert_eq!(response.status, 408, "{shape}: {}", String::from_utf8_lossy(&response.body));
+        assert_eq!(response.header("connection"), Some("close"), "{shape}");
+        assert!(waited >= Duration::from_millis(450), "{shape}: answered after {waited:?}, before body_read");
+        assert!(waited < Duration::from_secs(3), "{shape}: answered after {waited:?}");
+        assert_eq!(conn.closed_within(Duration::from_secs(3)).await, Ok(Vec::new()), "{shape}: closed after the 408");
+        // The head had gone upstream (the body streams); the upstream's request was cut short,
+        // never completed with a body the client did not send.
+        eventually(Duration::from_secs(5), "the backend sees the request fail", || async {
+            foo.requests().last().is_some_and(|r| r.body_failed)
+        })
+        .await;
+        let seen = foo.take_requests();
+        assert_eq!(seen.len(), 1, "{shape}");
+        assert_eq!((seen[0].path_and_query.as_str(), seen[0].body.is_none()), ("/x", true), "{shape}");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_request_body_is_not_cut_off() {
+    let foo = Backend::start("foo").await;
+    let extra = "timeouts: { body_read: 500ms }\n";
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], extra)).await;
+    let mut conn = RawConn::connect(proxy.traffic_addr()).await;
+    assert!(conn.send(b"POST /foo/echo-body HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 60\r\n\r\n").await);
+    // 6 pieces 250 ms apart: 1.5 s in all, three times body_read, never 500 ms without a byte.
+    for i in 0..6u8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(conn.send(&[b'a' + i; 10]).await, "piece {i}");
+    }
+    let response = conn.response(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"aaaaaaaaaabbbbbbbbbbccccccccccddddddddddeeeeeeeeeeffffffffff");
+}
+
+#[tokio::test]
+async fn a_request_head_that_stalls_is_closed_after_header_read_without_an_answer() {
+    let foo = Backend::start("foo").await;
+    let extra = "timeouts: { header_read: 500ms, client_idle: 10s }\n";
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], extra)).await;
+    let mut conn = RawConn::connect(proxy.traffic_addr()).await;
+    assert!(conn.send(b"GET /foo/x HTTP/1.1\r\nHost: api.ex").await);
+    let sent = Instant::now();
+    assert_eq!(conn.closed_within(Duration::from_secs(5)).await, Ok(Vec::new()), "closed, nothing written");
+    let waited = sent.elapsed();
+    assert!(waited >= Duration::from_millis(450), "closed after {waited:?}, before header_read");
+    assert!(waited < Duration::from_secs(3), "closed after {waited:?}, not by header_read");
+    assert_eq!(foo.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_connection_over_the_cap_is_answered_503_and_closed_without_reaching_a_backend() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "limits: { max_connections: 2 }\n")).await;
+    // Two connections in use, one of them between requests.
+    let mut first = RawConn::connect(proxy.traffic_addr()).await;
+    assert!(first.send(KEEP_ALIVE_REQUEST).await);
+    assert_eq!(first.response(Duration::from_secs(5)).await.unwrap().status, 200);
+    let _second = RawConn::connect(proxy.traffic_addr()).await;
+    let shared = proxy.shared().clone();
+    eventually(Duration::from_secs(5), "both connections are counted", || {
+        let shared = shared.clone();
+        async move { shared.metrics.encode().contains("gatehouse_open_connections 2") }
+    })
+    .await;
+    let mut third = RawConn::connect(proxy.traffic_addr()).await;
+    assert!(third.send(KEEP_ALIVE_REQUEST).await);
+    let response = third.response(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert_eq!(third.closed_within(Duration::from_secs(3)).await, Ok(Vec::new()));
+    assert_eq!(foo.request_count(), 1, "only the first connection's request");
+    // The connections within the cap are unaffected.
+    assert!(first.send(KEEP_ALIVE_REQUEST).await);
+    assert_eq!(first.response(Duration::from_secs(5)).await.unwrap().status, 200);
 }
