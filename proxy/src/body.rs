@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::oneshot;
 
 use crate::error::ProxyError;
 use crate::upstream::PooledBody;
@@ -59,16 +60,38 @@ pub struct RequestBody {
     /// Armed when the client's next piece is awaited; made on the first wait and reused.
     stall: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
+    /// Told when the last byte has been handed upstream (or the body failed): the request
+    /// timeout starts then.
+    on_end: Option<oneshot::Sender<()>>,
 }
 
 impl RequestBody {
     /// An empty body (GET and friends).
     pub fn empty() -> Self {
-        Self { inner: None, remaining: u64::MAX, read_timeout: Duration::MAX, stall: None, waiting: false }
+        Self {
+            inner: None,
+            remaining: u64::MAX,
+            read_timeout: Duration::MAX,
+            stall: None,
+            waiting: false,
+            on_end: None,
+        }
     }
 
-    pub fn new(inner: Incoming, limit: Option<u64>, read_timeout: Duration) -> Self {
-        Self { inner: Some(inner), remaining: limit.unwrap_or(u64::MAX), read_timeout, stall: None, waiting: false }
+    /// A client's body, and what resolves once it has all gone upstream (or failed; the
+    /// receiver also resolves when the body is dropped).
+    pub fn new(inner: Incoming, limit: Option<u64>, read_timeout: Duration) -> (Self, oneshot::Receiver<()>) {
+        let (on_end, ended) = oneshot::channel();
+        let remaining = limit.unwrap_or(u64::MAX);
+        let body =
+            Self { inner: Some(inner), remaining, read_timeout, stall: None, waiting: false, on_end: Some(on_end) };
+        (body, ended)
+    }
+
+    fn ended(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            let _ = on_end.send(());
+        }
     }
 }
 
@@ -93,25 +116,36 @@ impl Body for RequestBody {
             if let Some(stall) = &mut this.stall
                 && stall.as_mut().poll(cx).is_ready()
             {
+                this.ended();
                 return Poll::Ready(Some(Err(Box::new(BodyReadTimeout))));
             }
             return Poll::Pending;
         };
         this.waiting = false;
-        match polled {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    if len > this.remaining {
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
-                    }
-                    this.remaining -= len;
-                }
-                Poll::Ready(Some(Ok(frame)))
+        let frame = match polled {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                this.ended();
+                return Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))));
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
-            None => Poll::Ready(None),
+            None => {
+                this.ended();
+                return Poll::Ready(None);
+            }
+        };
+        if let Some(data) = frame.data_ref() {
+            let len = data.len() as u64;
+            if len > this.remaining {
+                this.ended();
+                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+            }
+            this.remaining -= len;
         }
+        // hyper stops polling a body with a known length once it says it has ended.
+        if this.inner.as_ref().is_none_or(Body::is_end_stream) {
+            this.ended();
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -74,7 +74,9 @@ pub struct Timeouts {
     /// TCP connect to an upstream endpoint.
     #[serde(with = "humantime_serde")]
     pub connect: Duration,
-    /// From sending the request upstream to receiving the response head.
+    /// From the end of the request (its last body byte passed upstream) to the response head,
+    /// as Envoy counts its route timeout: an upload of any length is bounded by `body_read`
+    /// between its pieces, not cut off by this.
     #[serde(with = "humantime_serde")]
     pub request: Duration,
     /// A client must deliver a complete request head within this time of its first byte.
@@ -82,8 +84,7 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// A client sending a request body may pause this long between two pieces of it; beyond
     /// it the upstream request is aborted and the client gets 408 (if no response has begun)
-    /// and the connection is closed. Keep it below `request`, which also runs while an
-    /// upstream waits for the body, or a stalled upload is answered 504 instead.
+    /// and the connection is closed.
     #[serde(with = "humantime_serde")]
     pub body_read: Duration,
     /// A client connection waiting for its next request (or its first) is closed after this

@@ -155,10 +155,11 @@ async fn forward(
 
     // The connection is made before the request is handed over: when it cannot be made,
     // nothing was sent and the same request (body included) goes to another endpoint.
-    let body = if incoming.is_end_stream() {
-        RequestBody::empty()
+    let (body, body_sent) = if incoming.is_end_stream() {
+        (RequestBody::empty(), None)
     } else {
-        RequestBody::new(incoming, limit, shared.timeouts.body_read)
+        let (body, sent) = RequestBody::new(incoming, limit, shared.timeouts.body_read);
+        (body, Some(sent))
     };
     if !parts.headers.contains_key(header::HOST) {
         parts.headers.insert(header::HOST, HeaderValue::from_str(first.authority.as_str()).expect("an authority"));
@@ -179,10 +180,22 @@ async fn forward(
         };
         shared.upstream.send(conn, attempt).await.map_err(|e| upstream_error(shared, &e))
     };
-    let mut response = match tokio::time::timeout(shared.timeouts.request, exchange).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => return Err(fail(error)),
-        Err(_elapsed) => {
+    // The request timeout runs from the end of the request body (at once for most requests,
+    // which have none): a long upload is bounded by `body_read` between pieces instead.
+    let request_timeout = shared.timeouts.request;
+    let deadline = async move {
+        if let Some(sent) = body_sent {
+            let _ = sent.await;
+        }
+        tokio::time::sleep(request_timeout).await;
+    };
+    let mut response = tokio::select! {
+        biased;
+        exchanged = exchange => match exchanged {
+            Ok(response) => response,
+            Err(error) => return Err(fail(error)),
+        },
+        () = deadline => {
             shared.metrics.upstream_error(UpstreamErrorKind::Timeout);
             return Err(fail(ProxyError::UpstreamTimeout));
         }

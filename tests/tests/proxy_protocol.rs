@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use gatehouse_tests::backends::{Backend, RawConn, client, config, eventually, get, start_proxy};
+use gatehouse_tests::backends::{Backend, RawConn, client, config, eventually, get, send, start_proxy};
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -371,6 +371,34 @@ async fn a_slow_but_steady_request_body_is_not_cut_off() {
     let response = conn.response(Duration::from_secs(5)).await.unwrap();
     assert_eq!(response.status, 200);
     assert_eq!(response.body, b"aaaaaaaaaabbbbbbbbbbccccccccccddddddddddeeeeeeeeeeffffffffff");
+}
+
+#[tokio::test]
+async fn the_request_timeout_starts_when_the_body_has_been_sent() {
+    let foo = Backend::start("foo").await;
+    // An upload three times as long as `request`, steady enough for `body_read`: the upstream
+    // answers at once when the body is complete, so only a timer started too early cuts it.
+    let extra = "timeouts: { request: 500ms, body_read: 1s }\n";
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], extra)).await;
+    let mut conn = RawConn::connect(proxy.traffic_addr()).await;
+    // `/x` reads the whole body before it answers (`echo-body` would answer at once).
+    assert!(conn.send(b"POST /foo/x HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 60\r\n\r\n").await);
+    for i in 0..6u8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(conn.send(&[b'a' + i; 10]).await, "piece {i}");
+    }
+    let response = conn.response(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(response.status, 200, "a steady 1.5 s upload with request: 500ms");
+    let seen = foo.requests();
+    assert_eq!(seen.last().and_then(|r| r.body.as_ref()).map(Bytes::len), Some(60), "the backend got the whole body");
+
+    // And it still bounds the wait for the answer once the body is in.
+    let started = Instant::now();
+    let answer =
+        send(proxy.traffic_addr(), http::Method::POST, "api.example.com", "/foo/slow", &[], Bytes::from_static(b"x"))
+            .await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "no answer 500 ms after a complete body");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
