@@ -68,6 +68,8 @@ pub struct Lab {
     pub handshake: serde_json::Value,
     services: Vec<DemoService>,
     proxies: BTreeMap<String, Managed>,
+    /// How many proxies each node has had: a restarted proxy logs to a file of its own.
+    proxy_starts: BTreeMap<String, u32>,
     alb: AlbClient,
 }
 
@@ -111,6 +113,7 @@ impl Lab {
             handshake,
             services,
             proxies: BTreeMap::new(),
+            proxy_starts: BTreeMap::new(),
             alb,
             spec,
         };
@@ -146,8 +149,30 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts (or restarts) the proxy of one node and waits until it reports ready.
+    /// Rewrites the node inventory and runs `gatehouse-provisioner sync` on it; an error (with
+    /// the provisioner's output) unless the sync succeeds.
+    pub async fn sync_inventory(&self, nodes: &[LabNode]) -> anyhow::Result<Output> {
+        self.write_inventory(nodes)?;
+        let output = self.provisioner("sync", &[]).await?;
+        if !output.status.success() {
+            bail!(
+                "gatehouse-provisioner sync failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output)
+    }
+
+    /// Starts the proxy of one node, or a new one after the previous has exited (a restart:
+    /// the new proxy logs to `proxy-<node>.<n>.log`), and waits until it reports ready.
     pub async fn start_proxy(&mut self, node: &LabNode) -> anyhow::Result<()> {
+        if let Some(previous) = self.proxies.get_mut(&node.name)
+            && !previous.has_exited()
+        {
+            bail!("{} is still running: stop it (or let it drain) before starting another", previous.name());
+        }
         let services = self.service_addrs();
         let config = ProxyConfig {
             node,
@@ -162,14 +187,63 @@ impl Lab {
         std::fs::write(&config_path, proxy_config_yaml(&config)?)?;
         let mut command = Command::new(workspace_binary("gatehouse-proxy")?);
         command.arg("--config").arg(&config_path);
-        let log = self.workdir.join(format!("proxy-{}.log", node.name));
+        let starts = self.proxy_starts.entry(node.name.clone()).or_default();
+        *starts += 1;
+        let log = match *starts {
+            1 => self.workdir.join(format!("proxy-{}.log", node.name)),
+            n => self.workdir.join(format!("proxy-{}.{n}.log", node.name)),
+        };
         let mut proxy = Managed::spawn(&format!("gatehouse-proxy on {}", node.name), command, &log)?;
-        let ready_url = format!("http://{}:{}/_gatehouse/ready", node.ip, self.spec.node_port);
-        if let Err(error) = wait_until_ok(&ready_url, Duration::from_secs(15), &mut proxy).await {
+        if let Err(error) = wait_until_ok(&self.ready_url(node), Duration::from_secs(15), &mut proxy).await {
             bail!("{error}\n--- {} ---\n{}", log.display(), proxy.log_tail(20));
         }
         self.proxies.insert(node.name.clone(), proxy);
         Ok(())
+    }
+
+    /// The readiness URL of a node's proxy, at the NodePort: the path the target group's
+    /// health check requests.
+    pub fn ready_url(&self, node: &LabNode) -> String {
+        format!("http://{}:{}/_gatehouse/ready", node.ip, self.spec.node_port)
+    }
+
+    /// Polls a node's readiness until it answers `want` (at most `within`); returns how long
+    /// that took. A connection error counts as not `want`.
+    pub async fn wait_readiness(
+        &self,
+        node: &LabNode,
+        want: http::StatusCode,
+        within: Duration,
+    ) -> anyhow::Result<Duration> {
+        self.health_check(node, want, 1, Duration::from_millis(20), within).await
+    }
+
+    /// Plays the target group's health check against a node's proxy: requests its readiness
+    /// URL every `interval` until `threshold` answers in a row are `want` (the ALB's healthy or
+    /// unhealthy threshold), at most `within`; returns how long that took. A connection error
+    /// counts as not `want`.
+    pub async fn health_check(
+        &self,
+        node: &LabNode,
+        want: http::StatusCode,
+        threshold: u32,
+        interval: Duration,
+        within: Duration,
+    ) -> anyhow::Result<Duration> {
+        let url = self.ready_url(node);
+        let started = Instant::now();
+        let mut in_a_row = 0;
+        loop {
+            let seen = AlbClient::plain_get(&url).await.map(|r| r.status);
+            in_a_row = if matches!(seen, Ok(status) if status == want) { in_a_row + 1 } else { 0 };
+            if in_a_row >= threshold {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                bail!("{url} did not answer {want} {threshold} time(s) in a row within {within:?} (last: {seen:?})");
+            }
+            tokio::time::sleep(interval).await;
+        }
     }
 
     /// The proxy process of a node, to signal or wait on.
@@ -212,12 +286,20 @@ impl Lab {
         self.alb.get(&self.spec.edge_host, path).await
     }
 
-    /// Stops every proxy (SIGTERM, then SIGKILL after the drain time and a margin) and destroys
-    /// what Terraform created.
+    /// Stops every proxy (SIGTERM to all at once, so that they drain side by side, then SIGKILL
+    /// to any still running after the drain time and a margin) and destroys what Terraform
+    /// created.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         let grace = Duration::from_secs(self.spec.drain_seconds + 15);
         for proxy in self.proxies.values_mut() {
-            proxy.stop(grace).await;
+            if !proxy.has_exited() {
+                let _ = proxy.signal_term();
+            }
+        }
+        for proxy in self.proxies.values_mut() {
+            if proxy.wait_exit(grace).await.is_err() {
+                proxy.kill().await;
+            }
         }
         self.example.destroy()
     }

@@ -78,6 +78,11 @@ impl Managed {
         if self.signal_term().is_ok() && self.wait_exit(grace).await.is_ok() {
             return;
         }
+        self.kill().await;
+    }
+
+    /// SIGKILL, and waits for it to be gone.
+    pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
 

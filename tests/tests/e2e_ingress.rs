@@ -2,22 +2,42 @@
 //! Terraform example applied against MiniStack -> target group kept by gatehouse-provisioner ->
 //! gatehouse-proxy on three loopback "nodes" -> demo services. The same lab runs the quickstart.
 //!
-//! One lab, one apply (about a minute), three acts in order: the path works through every node;
+//! One lab, one apply (about a minute), four acts in order: the path works through every node;
 //! a node removed from the inventory is deregistered and the rest still serve; a proxy drained
-//! with SIGTERM while requests flow loses none of them.
+//! with SIGTERM while requests flow loses none of them; and under steady load through two node
+//! targets, each proxy restarted in turn and a node removed and re-added lose none either.
+//!
+//! What stands in for the ALB's health check. MiniStack's data plane (1.5.33,
+//! `ministack/services/alb.py`, `_forward_to_tg`) sends each request to `random.choice` of the
+//! target group's registered targets, over a new connection, and answers 502 when that connect
+//! fails. It never health-checks (DescribeTargetHealth reports every target `healthy`) and it
+//! has no deregistration delay: a DeregisterTargets call takes the target out of the choice for
+//! the next request, while requests already sent to it finish. On AWS the target group's health
+//! check (`/_gatehouse/ready` at the NodePort) sees a draining proxy's 503 and stops new requests
+//! to it while the proxy keeps serving for its drain time, and sees a new proxy's 200 before
+//! sending to it again. Here the test plays that checker ([`Lab::health_check`]: the same
+//! readiness URL, the module's thresholds of 2 answers in a row, every [`CHECK_INTERVAL`]), and
+//! acts on what it sees through the provisioner, which is the only thing that can change the
+//! emulator's routing: a node whose proxy is unhealthy is cordoned and synced (deregistered)
+//! well within the drain time; a node whose new proxy is healthy is uncordoned and synced
+//! (registered). A proxy that is registered is therefore always ready, as on AWS.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gatehouse_lab::alb::AlbClient;
 use gatehouse_lab::demo::DemoReply;
 use gatehouse_lab::files::LabNode;
 use gatehouse_lab::quickstart::node_of;
 use gatehouse_lab::{Lab, LabSpec, Progress};
 use http::StatusCode;
+use tokio::task::JoinHandle;
+
+/// The interval of the stand-in health check (see above): with 2 checks in a row, a draining
+/// node is out of rotation about half a second after SIGTERM, well within the 5 s drain.
+const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 fn spec() -> LabSpec {
     let node = |name: &str, octet: u8| LabNode::new(name, IpAddr::from([127, 0, 0, octet]));
@@ -53,6 +73,18 @@ async fn spread(lab: &Lab, path: &str, count: usize) -> BTreeMap<String, Vec<Dem
 
 fn stdout(output: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// Whether the provisioner's output has a change line (`- deregister` / `+ register`) for the
+/// node's target at the NodePort.
+fn names_change(output: &std::process::Output, change: &str, node: &LabNode) -> bool {
+    let target = format!("{}:30080", node.ip);
+    stdout(output).lines().any(|line| line.contains(change) && line.contains(&target))
+}
+
+/// The node as `kubectl cordon` leaves it.
+fn cordoned(node: &LabNode) -> LabNode {
+    LabNode { unschedulable: true, ..node.clone() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,53 +140,20 @@ async fn requests_travel_alb_to_node_proxy_to_the_named_service_and_survive_node
 
     // ---- act 3: drain node-b under load: readiness fails, the provisioner deregisters it,
     // the proxy exits; no request fails ----------------------------------------------------
-    let stop = Arc::new(AtomicBool::new(false));
-    let load: Vec<_> = (0..2)
-        .map(|_| {
-            let (alb, host, stop) = (lab.alb(), lab.spec.edge_host.clone(), Arc::clone(&stop));
-            tokio::spawn(async move {
-                // Bounded: stops when told, or after 60 s / 5,000 requests whatever happens.
-                let started = Instant::now();
-                let (mut ok, mut failed, mut by_node) = (0usize, Vec::new(), BTreeMap::<String, usize>::new());
-                while !stop.load(Ordering::Relaxed)
-                    && started.elapsed() < Duration::from_secs(60)
-                    && ok + failed.len() < 5_000
-                {
-                    match alb.get(&host, "/echo/load").await {
-                        Ok(r) if r.status == StatusCode::OK => {
-                            ok += 1;
-                            if let Ok(reply) = serde_json::from_slice::<DemoReply>(&r.body) {
-                                *by_node.entry(node_of(&reply)).or_default() += 1;
-                            }
-                        }
-                        Ok(r) => failed.push(format!("{} {}", r.status, String::from_utf8_lossy(&r.body))),
-                        Err(e) => failed.push(format!("{e:#}")),
-                    }
-                }
-                (ok, failed, by_node)
-            })
-        })
-        .collect();
+    let load = Load::start(&lab, 2, Duration::from_secs(60), 5_000);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let drained_at = Instant::now();
     lab.proxy_mut("node-b").expect("node-b proxy").signal_term().expect("SIGTERM");
     // Readiness fails at once (the signal is handled asynchronously: allow it 2 s) while the
     // proxy is still listening: what the ALB health check sees.
-    let ready_url = format!("http://{}:30080/_gatehouse/ready", b.ip);
-    let mut ready = AlbClient::plain_get(&ready_url).await.expect("still listening");
-    while ready.status == StatusCode::OK && drained_at.elapsed() < Duration::from_secs(2) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        ready = AlbClient::plain_get(&ready_url).await.expect("still listening");
-    }
-    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "a draining proxy reports not ready");
+    lab.wait_readiness(&b, StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(2))
+        .await
+        .expect("a draining proxy reports not ready");
 
     // What takes the node out: it is cordoned, and the provisioner deregisters it.
-    let mut cordoned = b.clone();
-    cordoned.unschedulable = true;
-    lab.write_inventory(&[a.clone(), cordoned]).expect("inventory");
-    let sync = lab.provisioner("sync", &[]).await.expect("sync runs");
-    assert!(sync.status.success(), "sync deregisters the cordoned node:\n{}", stdout(&sync));
+    let sync = lab.sync_inventory(&[a.clone(), cordoned(&b)]).await.expect("sync deregisters the cordoned node");
+    assert!(names_change(&sync, "- deregister", &b), "sync deregisters node-b:\n{}", stdout(&sync));
     assert!(
         drained_at.elapsed() < Duration::from_secs(5),
         "deregistered within the drain time ({:?})",
@@ -167,26 +166,412 @@ async fn requests_travel_alb_to_node_proxy_to_the_named_service_and_survive_node
 
     // Keep the load on past the proxy's exit, then stop it.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut ok, mut failed, mut by_node) = (0, Vec::new(), BTreeMap::<String, usize>::new());
-    for worker in load {
-        let (n, f, b) = worker.await.expect("load task");
-        ok += n;
-        failed.extend(f);
-        for (node, count) in b {
-            *by_node.entry(node).or_default() += count;
-        }
-    }
-    println!("drain under load: {ok} ok, {} failed, by node {by_node:?}", failed.len());
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed during the drain: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert!(by_node.get("node-b").copied().unwrap_or(0) > 0, "node-b served until it was deregistered: {by_node:?}");
-    assert!(ok >= 20, "the load kept flowing ({ok} requests)");
+    let samples = load.finish().await;
+    let all = Tally::of(&samples, Duration::ZERO, Duration::MAX);
+    println!("drain under load: {} ok, {} failed, by node {:?}", all.ok(), all.failed.len(), all.by_node);
+    all.assert_none_failed("the drain of node-b");
+    assert!(all.served_by("node-b") > 0, "node-b served until it was deregistered: {:?}", all.by_node);
+    assert!(all.ok() >= 20, "the load kept flowing ({} requests)", all.ok());
+
+    // ---- act 4: rollouts under steady load through two node targets -----------------------
+    rollout_under_load(&mut lab, &a, &b).await;
 
     lab.shutdown().await.expect("clean shutdown");
+}
+
+// ---- act 4 ---------------------------------------------------------------------------------
+
+/// Act 4, rollouts: under steady load through node-a and node-b, restart each proxy in turn as
+/// designed, then remove node-b from the inventory and add it back; no request may fail, and
+/// traffic must visibly move (both nodes serve in every phase; a node out of rotation serves
+/// nothing; a restarted or re-added node serves again before the next step).
+async fn rollout_under_load(lab: &mut Lab, a: &LabNode, b: &LabNode) {
+    // Two node targets again: node-b gets a proxy back (act 3 drained it) and is uncordoned.
+    lab.start_proxy(b).await.expect("node-b's proxy starts again");
+    let sync = lab.sync_inventory(&[a.clone(), b.clone()]).await.expect("sync");
+    assert!(names_change(&sync, "+ register", b), "sync registers node-b again:\n{}", stdout(&sync));
+
+    // Bounded whatever happens: 3 minutes, 60,000 requests (the act takes about 17 s).
+    let load = Load::start(lab, 3, Duration::from_secs(180), 60_000);
+    let mut phases: Vec<(String, Duration)> = vec![("steady, node-a and node-b".into(), Duration::ZERO)];
+    hold(&load, Duration::ZERO, Duration::from_secs(2), &[a, b], 50).await;
+
+    // One node at a time, as the DaemonSet's rolling update (maxUnavailable 1); the other node
+    // carries the traffic meanwhile (checked below, from the samples).
+    let mut restarts = Vec::new();
+    for node in [a, b] {
+        phases.push((format!("restart {}'s proxy", node.name), load.at()));
+        restarts.push(restart_proxy(lab, &load, node, &[a, b]).await);
+    }
+
+    // A node leaves (kubectl delete node): sync deregisters it; its proxy keeps running, as
+    // the instance would until it is terminated. Then it comes back and sync registers it.
+    phases.push((format!("remove {} and re-add it", b.name), load.at()));
+    let remove_started = load.at();
+    let sync = lab.sync_inventory(std::slice::from_ref(a)).await.expect("sync");
+    let removed = load.at();
+    assert!(names_change(&sync, "- deregister", b), "sync deregisters the removed node:\n{}", stdout(&sync));
+    // Out for a while: node-a alone carries the load.
+    hold(&load, removed, Duration::from_millis(1500), &[a], 100).await;
+    let readd_started = load.at();
+    let sync = lab.sync_inventory(&[a.clone(), b.clone()]).await.expect("sync");
+    let readded = load.at();
+    assert!(names_change(&sync, "+ register", b), "sync registers the re-added node:\n{}", stdout(&sync));
+    let back = load.wait_served(&b.name, readded, 1, Duration::from_secs(10)).await.expect("node-b serves again");
+
+    phases.push(("steady again, node-a and node-b".into(), load.at()));
+    hold(&load, load.at(), Duration::from_secs(2), &[a, b], 50).await;
+    let cut_short = load.cut_short();
+    let samples = load.finish().await;
+
+    // ---- the numbers -------------------------------------------------------------------
+    let end = samples.iter().map(|s| s.started).max().unwrap_or_default() + Duration::from_millis(1);
+    let all = Tally::of(&samples, Duration::ZERO, end);
+    eprintln!(
+        "rollout under load: {} requests, {} failed, in {:.1} s ({:.0} req/s, 3 loops); by node {:?}",
+        all.requests,
+        all.failed.len(),
+        end.as_secs_f64(),
+        all.requests as f64 / end.as_secs_f64(),
+        all.by_node
+    );
+    eprintln!("  {:<34} {:>8} {:>9} {:>7} {:>7} {:>7}", "phase", "duration", "requests", a.name, b.name, "failed");
+    let mut tallies = Vec::new();
+    for (i, (name, from)) in phases.iter().enumerate() {
+        let to = phases.get(i + 1).map_or(end, |(_, t)| *t);
+        let tally = Tally::of(&samples, *from, to);
+        eprintln!(
+            "  {:<34} {:>6.1} s {:>9} {:>7} {:>7} {:>7}",
+            name,
+            (to - *from).as_secs_f64(),
+            tally.requests,
+            tally.served_by(&a.name),
+            tally.served_by(&b.name),
+            tally.failed.len()
+        );
+        tallies.push((name, tally));
+    }
+    for r in &restarts {
+        eprintln!(
+            "  {}: SIGTERM -> readiness 503 in {}, unhealthy in {}, deregistered in {} (drain {} s), \
+             old proxy exited at {}; new proxy ready {} later, healthy {} later, registered {} later, \
+             serving {} later; out of rotation {}",
+            r.node,
+            ms(r.unready - r.term),
+            ms(r.unhealthy - r.term),
+            ms(r.deregistered - r.term),
+            lab.spec.drain_seconds,
+            ms(r.exited - r.term),
+            ms(r.ready - r.exited),
+            ms(r.healthy - r.ready),
+            ms(r.registered - r.healthy),
+            ms(r.serving - r.registered),
+            ms(r.registered - r.deregistered),
+        );
+    }
+    eprintln!(
+        "  {} removed: deregistered in {}, out for {}, registered again in {}, serving {} later",
+        b.name,
+        ms(removed - remove_started),
+        ms(readded - removed),
+        ms(readded - readd_started),
+        ms(back - readded)
+    );
+
+    // ---- the assertions ----------------------------------------------------------------
+    all.assert_none_failed("the rollout");
+    assert!(!cut_short, "the load hit its bounds before the rollout ended: {} requests", all.requests);
+    assert!(all.requests >= 500, "steady load: at least 500 requests ({})", all.requests);
+    for (name, tally) in &tallies {
+        assert!(tally.requests >= 20, "phase {name:?} saw at least 20 requests: {}", tally.requests);
+        for node in [a, b] {
+            assert!(tally.served_by(&node.name) > 0, "{} served during phase {name:?}: {:?}", node.name, tally.by_node);
+        }
+    }
+    for r in &restarts {
+        let drain = Duration::from_secs(lab.spec.drain_seconds);
+        assert!(
+            r.deregistered - r.term < drain,
+            "{} was deregistered within its drain time ({:?} after SIGTERM, drain {drain:?})",
+            r.node,
+            r.deregistered - r.term
+        );
+        let draining = Tally::of(&samples, r.term, r.deregistered);
+        assert!(
+            draining.served_by(&r.node) > 0,
+            "{}'s proxy kept serving between SIGTERM and deregistration: {:?}",
+            r.node,
+            draining.by_node
+        );
+        let out = served_within(&samples, &r.node, r.deregistered, r.register_started);
+        assert_eq!(out, 0, "{} served {out} requests sent while it was deregistered", r.node);
+    }
+    let out = served_within(&samples, &b.name, removed, readd_started);
+    assert_eq!(out, 0, "{} served {out} requests sent while it was out of the inventory", b.name);
+}
+
+/// What one proxy restart took, as offsets from the start of the load.
+#[derive(Debug)]
+struct Restart {
+    node: String,
+    term: Duration,
+    /// Its readiness first answered 503.
+    unready: Duration,
+    /// The stand-in health check marked it unhealthy.
+    unhealthy: Duration,
+    deregistered: Duration,
+    exited: Duration,
+    /// The new proxy first answered 200.
+    ready: Duration,
+    /// The stand-in health check marked it healthy.
+    healthy: Duration,
+    register_started: Duration,
+    registered: Duration,
+    serving: Duration,
+}
+
+/// Restarts one node's proxy as a DaemonSet rollout does, with the ALB health check played by
+/// this test (see the module comment): SIGTERM; readiness fails at once while the proxy keeps
+/// serving; the checker marks it unhealthy and the node is taken out (cordon + sync deregisters
+/// it) well within the drain time; the old proxy finishes its drain and exits by itself; a new
+/// proxy starts and the checker marks it healthy; the node is put back (uncordon + sync
+/// registers it); and it serves again before the rollout moves on.
+async fn restart_proxy(lab: &mut Lab, load: &Load, node: &LabNode, nodes: &[&LabNode]) -> Restart {
+    let drain = Duration::from_secs(lab.spec.drain_seconds);
+    let inventory = |cordon: bool| -> Vec<LabNode> {
+        nodes.iter().map(|n| if cordon && n.name == node.name { cordoned(n) } else { (*n).clone() }).collect()
+    };
+
+    let term = load.at();
+    lab.proxy_mut(&node.name).expect("proxy").signal_term().expect("SIGTERM");
+    lab.wait_readiness(node, StatusCode::SERVICE_UNAVAILABLE, Duration::from_secs(2))
+        .await
+        .unwrap_or_else(|e| panic!("{}'s draining proxy reports not ready: {e:#}", node.name));
+    let unready = load.at();
+    lab.health_check(node, StatusCode::SERVICE_UNAVAILABLE, 2, CHECK_INTERVAL, Duration::from_secs(2))
+        .await
+        .unwrap_or_else(|e| panic!("{} is marked unhealthy: {e:#}", node.name));
+    let unhealthy = load.at();
+
+    let sync = lab.sync_inventory(&inventory(true)).await.expect("sync");
+    let deregistered = load.at();
+    assert!(names_change(&sync, "- deregister", node), "sync deregisters {}:\n{}", node.name, stdout(&sync));
+
+    let grace = drain + Duration::from_secs(15);
+    let exit = lab.proxy_mut(&node.name).expect("proxy").wait_exit(grace).await;
+    let exit = exit.unwrap_or_else(|e| panic!("{}'s drained proxy exits by itself: {e:#}", node.name));
+    assert!(exit.success(), "{}'s drained proxy exits cleanly: {exit:?}", node.name);
+    let exited = load.at();
+
+    lab.start_proxy(node).await.unwrap_or_else(|e| panic!("{}'s new proxy starts: {e:#}", node.name));
+    let ready = load.at();
+    lab.health_check(node, StatusCode::OK, 2, CHECK_INTERVAL, Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("{}'s new proxy is marked healthy: {e:#}", node.name));
+    let healthy = load.at();
+
+    let register_started = load.at();
+    let sync = lab.sync_inventory(&inventory(false)).await.expect("sync");
+    let registered = load.at();
+    assert!(names_change(&sync, "+ register", node), "sync registers {} again:\n{}", node.name, stdout(&sync));
+
+    let serving = load
+        .wait_served(&node.name, registered, 1, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("{}'s new proxy serves: {e:#}", node.name));
+    Restart {
+        node: node.name.clone(),
+        term,
+        unready,
+        unhealthy,
+        deregistered,
+        exited,
+        ready,
+        healthy,
+        register_started,
+        registered,
+        serving,
+    }
+}
+
+/// Keeps a phase going for at least `min` from `from`, and until each of `nodes` has served
+/// `count` requests sent since `from`.
+async fn hold(load: &Load, from: Duration, min: Duration, nodes: &[&LabNode], count: usize) {
+    for node in nodes {
+        load.wait_served(&node.name, from, count, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("steady load through {}: {e:#}", node.name));
+    }
+    if let Some(rest) = (from + min).checked_sub(load.at()) {
+        tokio::time::sleep(rest).await;
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+// ---- load --------------------------------------------------------------------------------
+
+/// One request of the load: when it was sent and when its answer was complete (offsets from
+/// the start of the load), and which node served it or what went wrong.
+#[derive(Debug, Clone)]
+struct Sample {
+    started: Duration,
+    ended: Duration,
+    outcome: Result<String, String>,
+}
+
+/// Request loops through the emulated ALB (`GET /echo/load`), each recording every response
+/// until stopped. Bounded: each loop ends after `limit`, and all together after `max_requests`.
+struct Load {
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    cut_short: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(lab: &Lab, loops: usize, limit: Duration, max_requests: usize) -> Self {
+        let t0 = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cut_short = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let workers = (0..loops)
+            .map(|_| {
+                let (alb, host) = (lab.alb(), lab.spec.edge_host.clone());
+                let (stop, cut_short, samples, sent) =
+                    (Arc::clone(&stop), Arc::clone(&cut_short), Arc::clone(&samples), Arc::clone(&sent));
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        if t0.elapsed() > limit || sent.fetch_add(1, Ordering::Relaxed) >= max_requests {
+                            cut_short.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        let started = t0.elapsed();
+                        let outcome = match alb.get(&host, "/echo/load?n=1").await {
+                            Ok(response) => check_echo(response.status, &response.body),
+                            Err(e) => Err(format!("{e:#}")),
+                        };
+                        let sample = Sample { started, ended: t0.elapsed(), outcome };
+                        samples.lock().expect("samples").push(sample);
+                    }
+                })
+            })
+            .collect();
+        Self { t0, stop, cut_short, samples, workers }
+    }
+
+    /// Now, as an offset from the start of the load: a phase marker.
+    fn at(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// Whether a loop stopped at its bounds rather than when told.
+    fn cut_short(&self) -> bool {
+        self.cut_short.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `count` requests sent at or after `since` were served by `node`; returns when.
+    async fn wait_served(
+        &self,
+        node: &str,
+        since: Duration,
+        count: usize,
+        within: Duration,
+    ) -> anyhow::Result<Duration> {
+        let deadline = Instant::now() + within;
+        loop {
+            let served = {
+                let samples = self.samples.lock().expect("samples");
+                samples.iter().filter(|s| s.started >= since && s.outcome.as_deref() == Ok(node)).count()
+            };
+            if served >= count {
+                return Ok(self.at());
+            }
+            anyhow::ensure!(!self.cut_short(), "the load stopped at its bounds");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{node} served {served} of {count} requests sent since {since:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the loops, waits for their last requests, and returns every sample by start time.
+    async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        for worker in self.workers {
+            worker.await.expect("load loop");
+        }
+        let mut samples = std::mem::take(&mut *self.samples.lock().expect("samples"));
+        samples.sort_by_key(|s| s.started);
+        samples
+    }
+}
+
+/// A 200 from service.api.echo with the path the convention leaves it: the node that served it;
+/// anything else is a failed request.
+fn check_echo(status: StatusCode, body: &[u8]) -> Result<String, String> {
+    let text = || String::from_utf8_lossy(body).chars().take(200).collect::<String>();
+    if status != StatusCode::OK {
+        return Err(format!("{status} {}", text()));
+    }
+    let reply: DemoReply =
+        serde_json::from_slice(body).map_err(|e| format!("200 but not a demo reply ({e}): {}", text()))?;
+    if reply.service != "service.api.echo" || reply.path != "/load?n=1" {
+        return Err(format!("200 from the wrong place: {} saw {}", reply.service, reply.path));
+    }
+    match node_of(&reply) {
+        node if node == "?" => Err(format!("200 without a node in Via: {:?}", reply.via)),
+        node => Ok(node),
+    }
+}
+
+/// Requests sent in `[from, to)`: how many, which node served each, and what failed.
+#[derive(Debug, Default)]
+struct Tally {
+    requests: usize,
+    by_node: BTreeMap<String, usize>,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    fn of(samples: &[Sample], from: Duration, to: Duration) -> Self {
+        let mut tally = Self::default();
+        for sample in samples.iter().filter(|s| s.started >= from && s.started < to) {
+            tally.requests += 1;
+            match &sample.outcome {
+                Ok(node) => *tally.by_node.entry(node.clone()).or_default() += 1,
+                Err(e) => tally.failed.push(format!("at {:?}: {e}", sample.started)),
+            }
+        }
+        tally
+    }
+
+    fn ok(&self) -> usize {
+        self.requests - self.failed.len()
+    }
+
+    fn served_by(&self, node: &str) -> usize {
+        self.by_node.get(node).copied().unwrap_or(0)
+    }
+
+    fn assert_none_failed(&self, during: &str) {
+        assert!(
+            self.failed.is_empty(),
+            "{} of {} requests failed during {during}; the first: {:#?}",
+            self.failed.len(),
+            self.requests,
+            &self.failed[..self.failed.len().min(5)]
+        );
+    }
+}
+
+/// Requests served by `node` that were sent at or after `from` and complete before `to`: while
+/// the node was out of the target group, there must be none.
+fn served_within(samples: &[Sample], node: &str, from: Duration, to: Duration) -> usize {
+    samples.iter().filter(|s| s.started >= from && s.ended <= to && s.outcome.as_deref() == Ok(node)).count()
 }

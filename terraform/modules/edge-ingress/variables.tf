@@ -183,9 +183,9 @@ variable "health_check_port" {
 }
 
 variable "health_check_interval" {
-  description = "Seconds between health checks of one target."
+  description = "Seconds between health checks of one target. With unhealthy_threshold, it sets how soon a draining proxy leaves rotation (2 x 5 s = 10 s by default): keep that well inside the proxy's drain time (20 s in deploy/)."
   type        = number
-  default     = 10
+  default     = 5
 
   validation {
     condition     = var.health_check_interval >= 5 && var.health_check_interval <= 300
@@ -196,7 +196,7 @@ variable "health_check_interval" {
 variable "health_check_timeout" {
   description = "Seconds without an answer after which a health check fails. Must be less than health_check_interval."
   type        = number
-  default     = 5
+  default     = 2
 
   validation {
     condition     = var.health_check_timeout >= 2 && var.health_check_timeout <= 120

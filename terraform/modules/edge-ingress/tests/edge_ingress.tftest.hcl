@@ -46,6 +46,15 @@ run "defaults_forward_http_to_the_nodeport_with_the_ready_health_check" {
     error_message = "The default health check must be HTTP on the traffic port and expect 200."
   }
   assert {
+    # A draining proxy fails readiness at once; the ALB must see that well within the
+    # proxy's drain time (20 s in deploy/proxy.yaml), so a rollout loses no request.
+    condition = (
+      aws_lb_target_group.this.health_check[0].interval * aws_lb_target_group.this.health_check[0].unhealthy_threshold <= 10 &&
+      aws_lb_target_group.this.health_check[0].timeout < aws_lb_target_group.this.health_check[0].interval
+    )
+    error_message = "By default the ALB must take a target out within 10 s of its readiness failing (interval x unhealthy_threshold)."
+  }
+  assert {
     condition     = aws_lb_target_group.this.deregistration_delay == "30"
     error_message = "The default deregistration delay must be 30 seconds."
   }
