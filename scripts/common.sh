@@ -5,6 +5,21 @@
 # Fresh clones share one build outside the clone (a cold build is about 5 minutes on 2 cores).
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/gatehouse-target}
 
+# Cargo keys a workspace crate's build by its path relative to the workspace and decides
+# freshness by file times, so a clone older than the last build from another clone would run
+# that clone's code. When the folder was last built from another tree, this tree's sources are
+# made newer than anything in it: its own workspace crates are rebuilt, third-party ones kept.
+claim_build_dir() {
+  local root=$PWD owner="$CARGO_TARGET_DIR/.gatehouse-tree"
+  mkdir -p "$CARGO_TARGET_DIR"
+  if [[ $(cat "$owner" 2>/dev/null) != "$root" ]]; then
+    find Cargo.toml convention proxy provisioner lab tests \( -name '*.rs' -o -name Cargo.toml \) \
+      -print0 | xargs -0 -r touch
+    printf '%s\n' "$root" >"$owner"
+  fi
+}
+claim_build_dir
+
 # A local mirror of the hashicorp/aws provider, where the machine has one (the project's do);
 # without it terraform init downloads the provider from the registry as usual.
 if [[ -z ${GATEHOUSE_TF_PLUGIN_DIR:-} && -d /opt/tf-plugins ]]; then

@@ -51,9 +51,12 @@ pub async fn load_sdk_config(fallback_region: Option<String>) -> SdkConfig {
     let region = RegionProviderChain::default_provider().or_else(fallback_region.map(Region::new));
     aws_config::defaults(BehaviorVersion::latest())
         .region(region)
-        // Adaptive: retries throttling and 5xx with backoff, and slows this client down when
-        // throttled instead of adding to the account-wide pressure.
-        .retry_config(RetryConfig::adaptive().with_max_attempts(5).with_initial_backoff(Duration::from_millis(200)))
+        // Standard: retries throttling, 5xx and dropped connections with jittered exponential
+        // backoff, within a retry quota. Not adaptive: its client-side rate limiter charges a
+        // throttled retry 10 tokens from a bucket that then holds about 1, so one Throttling answer
+        // delayed the retry by 20 s, and persistent throttling ended as a 40 s operation timeout
+        // that hid the cause (tests/tests/provisioner_faults.rs). `watch` backs off on its own.
+        .retry_config(RetryConfig::standard().with_max_attempts(5).with_initial_backoff(Duration::from_millis(200)))
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(3))
@@ -186,16 +189,37 @@ impl Elb {
         Ok(())
     }
 
-    /// Deregisters targets, in as few calls as [`BATCH`] allows.
+    /// Deregisters targets, in as few calls as [`BATCH`] allows. A target that is no longer
+    /// registered is deregistered already: another run, or an attempt of this very call whose
+    /// answer was lost (the SDK retries it), got there first. Some ELBv2 implementations refuse
+    /// that with `InvalidTarget` (moto does, and stops midway through the batch): then the
+    /// batch's targets are read back, and those still registered deregistered once more.
     pub async fn deregister(&self, arn: &str, targets: &[Target]) -> Result<(), AwsError> {
-        for chunk in targets.chunks(BATCH) {
+        let call = |chunk: &[Target]| {
             self.client
                 .deregister_targets()
                 .target_group_arn(arn)
                 .set_targets(Some(chunk.iter().map(describe).collect()))
                 .send()
-                .await
-                .map_err(|e| self.map_tg(e, "DeregisterTargets", arn))?;
+        };
+        for chunk in targets.chunks(BATCH) {
+            match call(chunk).await {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("InvalidTarget") => {
+                    let port = chunk.first().map_or(0, |t| t.port);
+                    let observed = self.target_health_of(arn, port, chunk).await?;
+                    let still: Vec<Target> = observed
+                        .into_iter()
+                        .filter(|o| !o.is_draining() && o.reason.as_deref() != Some("Target.NotRegistered"))
+                        .map(|o| o.target)
+                        .filter(|t| chunk.contains(t))
+                        .collect();
+                    if !still.is_empty() {
+                        call(&still).await.map_err(|e| self.map_tg(e, "DeregisterTargets", arn))?;
+                    }
+                }
+                Err(e) => return Err(self.map_tg(e, "DeregisterTargets", arn)),
+            }
         }
         Ok(())
     }

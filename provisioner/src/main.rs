@@ -13,8 +13,11 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(if e.use_stderr() { 1 } else { 0 });
         }
     };
-    // One-shot commands print their result on stdout; logs stay quiet unless asked (RUST_LOG).
-    let default = if matches!(cli.command, Command::Watch(_)) { "info" } else { "warn" };
+    // One-shot commands print their result on stdout and an error as one sentence; logs stay
+    // quiet unless asked (RUST_LOG). kube's HTTP trace layer logs every 5xx and connection error
+    // at ERROR, which would only repeat that sentence.
+    let default =
+        if matches!(cli.command, Command::Watch(_)) { "info" } else { "warn,kube_client::client::builder=off" };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

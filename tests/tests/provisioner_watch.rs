@@ -1,6 +1,12 @@
 //! `watch` against the in-memory Kubernetes API server and the AWS emulator: a node that joins
 //! is registered within a second, a cordoned node is deregistered, only the lease holder writes,
 //! the standby takes over when the holder releases the lease, and /healthz and /metrics answer.
+//!
+//! Under faults (AWS calls through `gatehouse_tests::fault_proxy`, which records what reached the
+//! emulator): Kubernetes API errors, watch disconnects, a forced re-list and an empty node list
+//! never deregister a node; AWS faults mid-reconcile are retried and never deregister a healthy
+//! node; and when the holder loses the lease to API errors (not a release), the two replicas never
+//! write at the same time nor undo each other's writes. `sync` under faults: provisioner_faults.rs.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -16,9 +22,10 @@ use gatehouse_provisioner::metrics::Metrics;
 use gatehouse_provisioner::nodes::Selector;
 use gatehouse_provisioner::sync::Settings;
 use gatehouse_provisioner::watch::{self, WatchConfig};
-use gatehouse_tests::kube_api::FakeApiServer;
+use gatehouse_tests::fault_proxy::{Call, Fault, FaultProxy, On, When, sdk_via};
 use gatehouse_tests::kube_api::fixtures::{node, service};
-use gatehouse_tests::provisioner_support::{NODE_PORT, TargetGroupFixture};
+use gatehouse_tests::kube_api::{FakeApiServer, ResourceKind, install_crypto_provider};
+use gatehouse_tests::provisioner_support::{NODE_PORT, TargetGroupFixture, endpoint};
 use k8s_openapi::api::coordination::v1::Lease;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -41,8 +48,23 @@ impl Replica {
     }
 
     async fn start_with(identity: &str, tg: &TargetGroupFixture, fake: &FakeApiServer, resync: Duration) -> Self {
+        Self::start_via(identity, tg, fake.client(), None, resync).await
+    }
+
+    /// A replica with its own Kubernetes client, and its AWS calls through `aws` when given.
+    async fn start_via(
+        identity: &str,
+        tg: &TargetGroupFixture,
+        kube: kube::Client,
+        aws: Option<&FaultProxy>,
+        resync: Duration,
+    ) -> Self {
         let metrics = Metrics::default();
         let sdk = load_sdk_config(None).await;
+        let sdk = match aws {
+            Some(proxy) => sdk_via(&sdk, &proxy.url()),
+            None => sdk,
+        };
         let elb = Elb::new(&sdk, metrics.api_calls.clone()).expect("region configured");
         let config = WatchConfig {
             settings: Settings {
@@ -70,7 +92,7 @@ impl Replica {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(watch::run(elb, fake.client(), config, metrics.clone(), listener, async move {
+        let task = tokio::spawn(watch::run(elb, kube, config, metrics.clone(), listener, async move {
             let _ = stopped.await;
         }));
         Self { metrics, addr, stop: Some(stop), task }
@@ -227,5 +249,191 @@ async fn periodic_resync_reports_target_group_drift_without_any_cluster_event() 
     assert!(replica.get("/metrics").await.contains("gatehouse_provisioner_drift_findings 1"));
     assert_eq!(replica.writes(), 1, "drift is reported, never fixed; the only write was the initial registration");
     replica.shutdown().await;
+    tg.cleanup().await;
+}
+
+/// `gatehouse_provisioner_reconciles_total{result=...}` of one replica.
+fn reconciles(replica: &Replica, result: &str) -> u64 {
+    let prefix = format!("gatehouse_provisioner_reconciles_total{{result=\"{result}\"}} ");
+    replica.metrics.encode().lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The RegisterTargets/DeregisterTargets requests that reached the emulator.
+fn writes(proxy: &FaultProxy) -> Vec<Call> {
+    proxy.calls().into_iter().filter(|c| c.action.ends_with("Targets") && c.reached_upstream).collect()
+}
+
+fn kube_client(url: &str) -> kube::Client {
+    install_crypto_provider();
+    kube::Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("kube client")
+}
+
+#[tokio::test]
+async fn kubernetes_api_errors_watch_disconnects_and_an_empty_node_list_never_deregister() {
+    let tg = TargetGroupFixture::ip().await;
+    let aws = FaultProxy::start(&endpoint()).await;
+    let fake = FakeApiServer::start().await;
+    fake.apply_resource(&proxy_service()).expect("service");
+    for (name, ip) in [("node-a", "10.42.0.11"), ("node-b", "10.42.0.12"), ("node-c", "10.42.0.13")] {
+        fake.apply_resource(&node(name, ip).build()).expect("node");
+        // Registered already, as after a restart of the provisioner.
+        tg.register_directly(ip, NODE_PORT).await;
+    }
+    let three = BTreeSet::from([target("10.42.0.11"), target("10.42.0.12"), target("10.42.0.13")]);
+
+    // The first Node lists fail: nothing is reconciled until one succeeds.
+    fake.inject_error(ResourceKind::Node, 500, 2);
+    let replica = Replica::start_via("replica-1", &tg, fake.client(), Some(&aws), Duration::from_millis(300)).await;
+    let started = Instant::now();
+    while reconciles(&replica, "ok") < 2 {
+        assert!(started.elapsed() < Duration::from_secs(15), "no reconcile after the Node list recovered");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(writes(&aws).is_empty(), "{:#?}", writes(&aws));
+
+    // The watch breaks and cannot come back for a while (500s), then must re-list (410): the
+    // periodic resyncs keep reconciling from the last known nodes, and change nothing.
+    let ok_before = reconciles(&replica, "ok");
+    fake.inject_error(ResourceKind::Node, 500, 2);
+    fake.break_watches();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fake.inject_error(ResourceKind::Node, 410, 1);
+    fake.break_watches();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(reconciles(&replica, "ok") >= ok_before + 3, "resyncs ran during the outage");
+    assert!(writes(&aws).is_empty(), "{:#?}", writes(&aws));
+    assert_eq!(tg.registered().await, three);
+
+    // The watch is back: a change is seen.
+    fake.apply_resource(&node("node-d", "10.42.0.14").build()).expect("node");
+    wait_for(&tg, Duration::from_secs(15), "registering node-d after the outage", |r| {
+        r.contains(&target("10.42.0.14"))
+    })
+    .await;
+
+    // Every node disappears from the API: the deregistrations are refused, resync after resync.
+    for name in ["node-a", "node-b", "node-c", "node-d"] {
+        fake.delete(ResourceKind::Node, None, name).expect("delete node");
+    }
+    let started = Instant::now();
+    while reconciles(&replica, "refused") < 3 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the empty node list was not refused");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(aws.calls_of("DeregisterTargets").is_empty(), "{:#?}", aws.calls_of("DeregisterTargets"));
+    assert_eq!(tg.registered().await.len(), 4);
+    replica.shutdown().await;
+    tg.cleanup().await;
+}
+
+#[tokio::test]
+async fn aws_faults_mid_reconcile_are_retried_and_never_deregister_a_healthy_node() {
+    let tg = TargetGroupFixture::ip().await;
+    let aws = FaultProxy::start(&endpoint()).await;
+    let fake = FakeApiServer::start().await;
+    fake.apply_resource(&proxy_service()).expect("service");
+    fake.apply_resource(&node("node-a", "10.42.0.11").build()).expect("node");
+    fake.apply_resource(&node("node-b", "10.42.0.12").build()).expect("node");
+    let replica = Replica::start_via("replica-1", &tg, fake.client(), Some(&aws), Duration::from_secs(300)).await;
+    wait_for(&tg, Duration::from_secs(15), "initial sync", |r| r.len() == 2).await;
+
+    // For 4 s every read fails (longer than the SDK's 5 attempts take: at most 0.2 + 0.4 + 0.8 +
+    // 1.6 s of backoff, so the first reconcile fails for sure), and for 5 s every write is
+    // throttled: node-c joins meanwhile and node-b is cordoned.
+    let (reads_fail, writes_fail) = (Duration::from_secs(4), Duration::from_secs(5));
+    aws.inject(On::action("DescribeTargetHealth"), When::For(reads_fail), Fault::InternalFailure);
+    aws.inject(On::action("DescribeTargetGroups"), When::For(reads_fail), Fault::Drop);
+    aws.inject(On::action("RegisterTargets"), When::For(writes_fail), Fault::Throttle);
+    aws.inject(On::action("DeregisterTargets"), When::For(writes_fail), Fault::Throttle);
+    let faults_from = std::time::Instant::now();
+    fake.apply_resource(&node("node-c", "10.42.0.13").build()).expect("node");
+    fake.apply_resource(&node("node-b", "10.42.0.12").unschedulable(true).build()).expect("cordon");
+    let took = wait_for(&tg, Duration::from_secs(20), "converging after the faults", |r| {
+        *r == BTreeSet::from([target("10.42.0.11"), target("10.42.0.13")])
+    })
+    .await;
+    assert!(reconciles(&replica, "error") >= 1, "reconciles failed during the faults");
+    for c in aws.calls_of("DeregisterTargets") {
+        assert_eq!(c.targets(), [target("10.42.0.12")], "only the cordoned node is deregistered: {c:?}");
+    }
+    assert!(
+        writes(&aws).iter().filter(|c| c.at >= faults_from && c.succeeded()).all(|c| c.at >= faults_from + writes_fail),
+        "nothing was written while the faults lasted"
+    );
+    eprintln!(
+        "converged {took:.2?} after the faults began; {} reconciles failed; {} AWS requests",
+        reconciles(&replica, "error"),
+        aws.calls().len()
+    );
+    replica.shutdown().await;
+    tg.cleanup().await;
+}
+
+#[tokio::test]
+async fn when_the_holder_loses_the_lease_to_api_errors_the_replicas_never_write_at_once() {
+    let tg = TargetGroupFixture::ip().await;
+    let fake = FakeApiServer::start().await;
+    fake.apply_resource(&proxy_service()).expect("service");
+    fake.apply_resource(&node("node-a", "10.42.0.11").build()).expect("node");
+    fake.apply_resource(&node("node-b", "10.42.0.12").build()).expect("node");
+    let (aws_one, aws_two) = (FaultProxy::start(&endpoint()).await, FaultProxy::start(&endpoint()).await);
+    // replica-1 reaches the Kubernetes API through a proxy, to lose its Lease calls alone.
+    let kube_one = FaultProxy::start(&fake.url()).await;
+    let resync = Duration::from_secs(300);
+    let one = Replica::start_via("replica-1", &tg, kube_client(&kube_one.url()), Some(&aws_one), resync).await;
+    wait_for(&tg, Duration::from_secs(15), "initial sync", |r| r.len() == 2).await;
+    assert_eq!(one.metrics.leader.get(), 1);
+    let two = Replica::start_via("replica-2", &tg, fake.client(), Some(&aws_two), resync).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fake.apply_resource(&node("node-c", "10.42.0.13").build()).expect("node");
+    wait_for(&tg, Duration::from_secs(5), "registering node-c", |r| r.len() == 3).await;
+
+    // replica-1's Lease calls fail from now on (its watches still work); node-d joins.
+    kube_one.inject(On::path("/leases/"), When::Always, Fault::Drop);
+    fake.apply_resource(&node("node-d", "10.42.0.14").build()).expect("node");
+    // Sampled every 20 ms: never two leaders; replica-2 takes over within a lease duration and
+    // a renew period or two.
+    let cut = Instant::now();
+    let takeover = loop {
+        let leaders = (one.metrics.leader.get(), two.metrics.leader.get());
+        assert_ne!(leaders, (1, 1), "two leaders at once, {:?} after the cut", cut.elapsed());
+        if leaders == (0, 1) {
+            break std::time::Instant::now();
+        }
+        assert!(cut.elapsed() < Duration::from_secs(10), "no takeover within 10s: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("replica-2 took over {:.2?} after replica-1's Lease calls began to fail", cut.elapsed());
+    wait_for(&tg, Duration::from_secs(5), "node-d registered", |r| r.contains(&target("10.42.0.14"))).await;
+
+    // The new holder handles the next changes; replica-1, whose Lease calls work again, stays
+    // standby.
+    fake.apply_resource(&node("node-a", "10.42.0.11").unschedulable(true).build()).expect("cordon");
+    wait_for(&tg, Duration::from_secs(5), "deregistering node-a", |r| !r.contains(&target("10.42.0.11"))).await;
+    kube_one.clear();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    fake.apply_resource(&node("node-e", "10.42.0.15").build()).expect("node");
+    wait_for(&tg, Duration::from_secs(5), "registering node-e", |r| r.contains(&target("10.42.0.15"))).await;
+    assert_eq!(one.metrics.leader.get(), 0, "replica-1 stays standby");
+    let want: BTreeSet<String> = ["10.42.0.12", "10.42.0.13", "10.42.0.14", "10.42.0.15"].map(target).into();
+    assert_eq!(tg.registered().await, want);
+
+    // From the recorded writes: every write of replica-1 came before every write of replica-2
+    // (replica-1's before the takeover), and no target went back and forth (each registered once;
+    // only node-a deregistered, once).
+    let (w1, w2) = (writes(&aws_one), writes(&aws_two));
+    let last_one = w1.iter().map(|c| c.at).max().expect("replica-1 wrote");
+    assert!(last_one < takeover && w2.iter().all(|c| c.at > last_one), "{w1:#?}\n{w2:#?}");
+    let all: Vec<&Call> = w1.iter().chain(&w2).collect();
+    let mut registered: Vec<String> =
+        all.iter().filter(|c| c.action == "RegisterTargets").flat_map(|c| c.targets()).collect();
+    registered.sort();
+    let once: Vec<String> = ["10.42.0.11", "10.42.0.12", "10.42.0.13", "10.42.0.14", "10.42.0.15"].map(target).into();
+    assert_eq!(registered, once, "{all:#?}");
+    let deregistered: Vec<String> =
+        all.iter().filter(|c| c.action == "DeregisterTargets").flat_map(|c| c.targets()).collect();
+    assert_eq!(deregistered, [target("10.42.0.11")], "{all:#?}");
+    one.shutdown().await;
+    two.shutdown().await;
     tg.cleanup().await;
 }
