@@ -203,6 +203,9 @@ async fn forward(
     let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS && websocket;
     let upstream_upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
     let (mut parts, upstream_body) = response.into_parts();
+    // The proxy speaks its own version to the client (RFC 9110 §6.2): an HTTP/1.0 upstream must
+    // not turn the client's keep-alive connection into one connection per request.
+    parts.version = Version::HTTP_11;
     remove_hop_by_hop(&mut parts.headers, upgraded);
     if let Some(via) = &shared.via {
         append_via(&mut parts.headers, via);

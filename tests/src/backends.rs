@@ -282,6 +282,8 @@ where
 /// One response read off a raw connection by [`RawConn::response`].
 #[derive(Debug, Clone)]
 pub struct RawResponse {
+    /// `HTTP/1.1` or `HTTP/1.0`, as on the status line.
+    pub version: String,
     pub status: u16,
     /// Header names lower-cased, in the order received.
     pub headers: Vec<(String, String)>,
@@ -375,7 +377,8 @@ impl RawConn {
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
         self.buf.drain(..head_end + 4);
-        let mut response = RawResponse { status, headers, body: Vec::new() };
+        let version = status_line.get(..8).unwrap_or_default().to_owned();
+        let mut response = RawResponse { version, status, headers, body: Vec::new() };
         let chunked = response.header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
         let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
         if bodiless {

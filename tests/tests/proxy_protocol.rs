@@ -442,3 +442,30 @@ async fn a_connection_over_the_cap_is_answered_503_and_closed_without_reaching_a
     assert!(first.send(KEEP_ALIVE_REQUEST).await);
     assert_eq!(first.response(Duration::from_secs(5)).await.unwrap().status, 200);
 }
+
+#[tokio::test]
+async fn an_http_1_0_upstream_is_answered_as_http_1_1_and_the_client_connection_kept() {
+    // An upstream that answers HTTP/1.0 and closes, as `python3 -m http.server` does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        for _ in 0..2 {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        }
+    });
+    let proxy = start_proxy(&config(&[("old", vec![old])], "")).await;
+    let mut conn = RawConn::connect(proxy.traffic_addr()).await;
+    for i in 0..2 {
+        assert!(conn.send(b"GET /old/x HTTP/1.1\r\nHost: api.example.com\r\n\r\n").await, "request {i}");
+        let response = conn.response(Duration::from_secs(5)).await.unwrap();
+        assert_eq!((response.version.as_str(), response.status), ("HTTP/1.1", 200), "request {i}");
+        assert_eq!(response.body, b"ok");
+    }
+    upstream.abort();
+}
