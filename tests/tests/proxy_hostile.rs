@@ -1009,6 +1009,7 @@ async fn run(world: &World, row: &Row) -> Vec<String> {
 async fn every_hostile_request_gets_its_answer_and_reaches_only_its_service() {
     let world = World::start().await;
     let rows = all_rows();
+    let started = std::time::Instant::now();
     let mut failures = Vec::new();
     for row in &rows {
         let problems = tokio::time::timeout(Duration::from_secs(30), run(&world, row))
@@ -1019,6 +1020,7 @@ async fn every_hostile_request_gets_its_answer_and_reaches_only_its_service() {
         }
     }
     assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
+    eprintln!("hostile requests: {} rows, 0 failed, in {:.1} s", rows.len(), started.elapsed().as_secs_f64());
 }
 
 #[test]
