@@ -94,6 +94,22 @@ impl TargetGroupFixture {
     }
 
     /// The handshake the Terraform module would output for this group, as the bare object.
+    /// What the provisioner is run with for this group: an `ip` group at [`NODE_PORT`], every
+    /// node eligible, the default safety policy.
+    pub fn settings(&self, deregistration_delay: Option<std::time::Duration>) -> gatehouse_provisioner::sync::Settings {
+        gatehouse_provisioner::sync::Settings {
+            expected: gatehouse_provisioner::drift::Expected {
+                target_group_arn: self.arn.clone(),
+                target_group_name: Some(self.name.clone()),
+                node_port: NODE_PORT,
+                target_type: Some(gatehouse_provisioner::handshake::TargetType::Ip),
+            },
+            selector: gatehouse_provisioner::nodes::Selector::default(),
+            policy: gatehouse_provisioner::diff::Policy::default(),
+            deregistration_delay,
+        }
+    }
+
     pub fn handshake(&self) -> Value {
         json!({
             "schema_version": 1,

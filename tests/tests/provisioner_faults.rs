@@ -18,12 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gatehouse_provisioner::aws::{Elb, load_sdk_config};
-use gatehouse_provisioner::diff::Policy;
-use gatehouse_provisioner::drift::Expected;
-use gatehouse_provisioner::handshake::TargetType;
 use gatehouse_provisioner::metrics::ApiCalls;
-use gatehouse_provisioner::nodes::Selector;
-use gatehouse_provisioner::sync::{Session, Settings};
+use gatehouse_provisioner::sync::Session;
 use gatehouse_tests::fault_proxy::{Call, Fault, FaultProxy, On, When, sdk_via};
 use gatehouse_tests::kube_api::{FakeApiServer, ResourceKind, fixtures};
 use gatehouse_tests::provisioner_support::{NODE_PORT, TargetGroupFixture, endpoint, node};
@@ -58,17 +54,7 @@ async fn sync_via(proxy: &FaultProxy, tg: &TargetGroupFixture) -> (Result<(), St
     let calls = ApiCalls::default();
     let sdk = sdk_via(&load_sdk_config(None).await, &proxy.url());
     let elb = Elb::new(&sdk, calls.clone()).expect("region configured");
-    let settings = Settings {
-        expected: Expected {
-            target_group_arn: tg.arn.clone(),
-            target_group_name: Some(tg.name.clone()),
-            node_port: NODE_PORT,
-            target_type: Some(TargetType::Ip),
-        },
-        selector: Selector::default(),
-        policy: Policy::default(),
-        deregistration_delay: Some(Duration::ZERO),
-    };
+    let settings = tg.settings(Some(Duration::ZERO));
     let nodes: Vec<_> = NODES.iter().map(|(name, ip)| fixtures::node(name, ip).build()).collect();
     let result = async {
         let session = Session::open(elb, settings).await?;

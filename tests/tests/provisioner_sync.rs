@@ -3,13 +3,10 @@
 //! proxy Service drift. The CLI's own tests are in provisioner/tests/cli.rs.
 
 use gatehouse_provisioner::aws::{Elb, load_sdk_config};
-use gatehouse_provisioner::diff::Policy;
-use gatehouse_provisioner::drift::{Expected, Finding};
-use gatehouse_provisioner::handshake::TargetType;
+use gatehouse_provisioner::drift::Finding;
 use gatehouse_provisioner::kube::{ServiceRef, list_nodes, proxy_service};
 use gatehouse_provisioner::metrics::{ApiCalls, CallSnapshot};
-use gatehouse_provisioner::nodes::Selector;
-use gatehouse_provisioner::sync::{Session, Settings};
+use gatehouse_provisioner::sync::Session;
 use gatehouse_tests::kube_api::fixtures::{node, service};
 use gatehouse_tests::kube_api::{FakeApiServer, ResourceKind};
 use gatehouse_tests::provisioner_support::{NODE_PORT, TargetGroupFixture};
@@ -18,17 +15,7 @@ async fn open(tg: &TargetGroupFixture) -> (Session, ApiCalls) {
     let calls = ApiCalls::default();
     let sdk = load_sdk_config(None).await;
     let elb = Elb::new(&sdk, calls.clone()).expect("region configured");
-    let settings = Settings {
-        expected: Expected {
-            target_group_arn: tg.arn.clone(),
-            target_group_name: Some(tg.name.clone()),
-            node_port: NODE_PORT,
-            target_type: Some(TargetType::Ip),
-        },
-        selector: Selector::default(),
-        policy: Policy::default(),
-        deregistration_delay: None,
-    };
+    let settings = tg.settings(None);
     (Session::open(elb, settings).await.expect("open the target group"), calls)
 }
 

@@ -13,14 +13,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use gatehouse_provisioner::aws::{Elb, load_sdk_config};
-use gatehouse_provisioner::diff::Policy;
-use gatehouse_provisioner::drift::Expected;
-use gatehouse_provisioner::handshake::TargetType;
 use gatehouse_provisioner::kube::ServiceRef;
 use gatehouse_provisioner::lease::LeaseConfig;
 use gatehouse_provisioner::metrics::Metrics;
-use gatehouse_provisioner::nodes::Selector;
-use gatehouse_provisioner::sync::Settings;
 use gatehouse_provisioner::watch::{self, WatchConfig};
 use gatehouse_tests::fault_proxy::{Call, Fault, FaultProxy, On, When, sdk_via};
 use gatehouse_tests::kube_api::fixtures::{node, service};
@@ -67,17 +62,7 @@ impl Replica {
         };
         let elb = Elb::new(&sdk, metrics.api_calls.clone()).expect("region configured");
         let config = WatchConfig {
-            settings: Settings {
-                expected: Expected {
-                    target_group_arn: tg.arn.clone(),
-                    target_group_name: Some(tg.name.clone()),
-                    node_port: NODE_PORT,
-                    target_type: Some(TargetType::Ip),
-                },
-                selector: Selector::default(),
-                policy: Policy::default(),
-                deregistration_delay: Some(Duration::ZERO),
-            },
+            settings: tg.settings(Some(Duration::ZERO)),
             proxy_service: Some(ServiceRef { namespace: "gatehouse".into(), name: "proxy".into() }),
             debounce: Duration::from_millis(100),
             resync,
