@@ -1,11 +1,10 @@
 //! Every way a request can fail, and the one function that turns a failure into a response.
 
 use gatehouse_convention::Rejection;
-
-use crate::request::HeadRejection;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::body::ResponseBody;
+use crate::request::HeadRejection;
 
 /// Why the proxy answered a request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

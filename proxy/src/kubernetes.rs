@@ -254,7 +254,7 @@ mod tests {
             slice("service-api-foo", Some("metrics"), 9090, &[("10.0.0.9", Some(true))]),
         ];
         let table = build_table(edges(), &services, &slices);
-        let eps: Vec<String> = table.services["service-api-foo"].endpoints.iter().map(|e| e.addr.to_string()).collect();
+        let eps: Vec<String> = table.services["service-api-foo"].endpoints.iter().map(ToString::to_string).collect();
         assert_eq!(eps, ["10.0.0.1:8080", "10.0.0.3:8080"]);
     }
 

@@ -131,10 +131,10 @@ async fn forward(
         log.edge = Some(route.edge.host().to_owned());
     }
     let backend = table.services.get(route.service_name.as_str()).cloned().ok_or((ProxyError::UnknownService, None))?;
-    let path = PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(route.upstream_path_and_query.as_bytes()))
-        .map_err(|_| (ProxyError::Rejected(gatehouse_convention::Rejection::MalformedPath), Some(backend.clone())))?;
     let fail = |e: ProxyError| (e, Some(backend.clone()));
     let (first_index, first) = backend.pick().ok_or_else(|| fail(ProxyError::NoReadyEndpoint))?;
+    let path = PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(route.upstream_path_and_query.as_bytes()))
+        .map_err(|_| fail(ProxyError::Rejected(gatehouse_convention::Rejection::MalformedPath)))?;
 
     let limit = shared.limits.max_body_bytes;
     if let (Some(limit), Some(len)) = (limit, req.body().size_hint().exact())
@@ -146,6 +146,13 @@ async fn forward(
     let websocket = is_websocket_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
+    // An absolute-form target routed the request (route_request made sure Host names the same
+    // host): the upstream gets that authority as Host, as RFC 9112 §3.2.2 asks of a proxy.
+    if let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
     remove_hop_by_hop(&mut parts.headers, websocket);
     set_forwarded(&mut parts.headers, &conn.peer_ip, shared.forwarded.trusted_hops);
     if let Some(via) = &shared.via {
@@ -161,21 +168,18 @@ async fn forward(
         let (body, sent) = RequestBody::new(incoming, limit, shared.timeouts.body_read);
         (body, Some(sent))
     };
-    if !parts.headers.contains_key(header::HOST) {
-        parts.headers.insert(header::HOST, HeaderValue::from_str(first.authority.as_str()).expect("an authority"));
-    }
     parts.uri = Uri::from(path);
     let attempt = Request::from_parts(parts, body);
 
     let exchange = async {
-        log.upstream = Some(first.addr);
-        let conn = match shared.upstream.connection(first.addr).await {
+        log.upstream = Some(first);
+        let conn = match shared.upstream.connection(first).await {
             Ok(conn) => conn,
             Err(e) => {
                 let first_error = upstream_error(shared, &e);
                 let Some(second) = backend.pick_other(first_index) else { return Err(first_error) };
-                log.upstream = Some(second.addr);
-                shared.upstream.connection(second.addr).await.map_err(|e| upstream_error(shared, &e))?
+                log.upstream = Some(second);
+                shared.upstream.connection(second).await.map_err(|e| upstream_error(shared, &e))?
             }
         };
         shared.upstream.send(conn, attempt).await.map_err(|e| upstream_error(shared, &e))

@@ -113,21 +113,6 @@ fn check_transfer_coding(headers: &HeaderMap) -> Result<(), HeadRejection> {
     Ok(())
 }
 
-/// For an absolute-form target (`GET http://api.example.com/foo HTTP/1.1`), replaces the
-/// `Host` header by the target's authority, which is what the request is routed by: RFC 9112
-/// §3.2.2, a proxy forwarding such a request must generate `Host` from the target, so the
-/// upstream never sees a host other than the one that chose it. Only a head that
-/// [`request_host`] accepts is changed (one that it refuses is answered 400 as it came).
-pub fn host_from_target(uri: &Uri, headers: &mut HeaderMap) {
-    let Some(authority) = uri.authority() else { return };
-    if request_host(uri, headers).is_err() {
-        return;
-    }
-    if let Ok(value) = http::HeaderValue::from_str(authority.as_str()) {
-        headers.insert(header::HOST, value);
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
@@ -215,23 +200,5 @@ mod tests {
             let got = route_request(&edges, &Method::POST, &uri, &headers).map(|_| ());
             assert_eq!(got, *expected, "{codings:?}");
         }
-    }
-
-    #[test]
-    fn an_absolute_form_target_replaces_host() {
-        let (uri, mut headers) = head("http://API.example.com:8080/foo/x", &[b"api.example.com"]);
-        host_from_target(&uri, &mut headers);
-        assert_eq!(headers[header::HOST], "API.example.com:8080");
-        // Refused heads are left as they came, to be answered 400.
-        let refused: [&[&[u8]]; 4] = [&[], &[b"a", b"b"], &[b"a b"], &[b"evil.example.com"]];
-        for hosts in refused {
-            let (uri, mut headers) = head("http://api.example.com/foo/x", hosts);
-            let before = headers.clone();
-            host_from_target(&uri, &mut headers);
-            assert_eq!(headers, before);
-        }
-        let (uri, mut headers) = head("/foo/x", &[b"api.example.com"]);
-        host_from_target(&uri, &mut headers);
-        assert_eq!(headers[header::HOST], "api.example.com");
     }
 }

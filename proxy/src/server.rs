@@ -4,8 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use http::Request;
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -16,7 +14,6 @@ use crate::Shared;
 use crate::client_idle::{Activity, ActivityStream, ConnTimer};
 use crate::error::{ProxyError, error_response};
 use crate::proxy::{ConnInfo, handle};
-use crate::request::host_from_target;
 
 /// Accepts until `closing` is cancelled, then tells every open connection to finish its
 /// current request and close.
@@ -66,14 +63,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, closing: C
         let closing = closing.clone();
         shared.spawn_tracked(async move {
             let svc_shared = task_shared.clone();
-            let svc = service_fn(move |mut req: Request<Incoming>| {
-                // An absolute-form target is routed by its authority: the upstream gets it as Host.
-                if req.uri().authority().is_some() {
-                    let (uri, headers) = (req.uri().clone(), req.headers_mut());
-                    host_from_target(&uri, headers);
-                }
-                handle(svc_shared.clone(), conn.clone(), req)
-            });
+            let svc = service_fn(move |req| handle(svc_shared.clone(), conn.clone(), req));
             let io = TokioIo::new(ActivityStream::new(stream, activity));
             let connection = builder.serve_connection(io, svc).with_upgrades();
             tokio::pin!(connection);

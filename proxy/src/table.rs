@@ -9,23 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use gatehouse_convention::Edges;
-use http::uri::Authority;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
-
-/// One upstream address, with its URI authority built once instead of per request.
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub authority: Authority,
-}
-
-impl Endpoint {
-    pub fn new(addr: SocketAddr) -> Self {
-        let authority = Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
-        Self { addr, authority }
-    }
-}
 
 /// A routable Kubernetes Service and its ready endpoints.
 #[derive(Debug)]
@@ -34,7 +19,7 @@ pub struct Backend {
     pub service_name: Arc<str>,
     /// Namespace, for Kubernetes discovery.
     pub namespace: Option<String>,
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<SocketAddr>,
     /// Round-robin cursor; relaxed ordering is enough, fairness is statistical.
     next: AtomicUsize,
     /// `requests_total{service, class}` handles, created on first use so that an idle
@@ -47,29 +32,29 @@ impl Backend {
         Self {
             service_name: service_name.into(),
             namespace,
-            endpoints: endpoints.into_iter().map(Endpoint::new).collect(),
+            endpoints,
             next: AtomicUsize::new(0),
             request_counters: Default::default(),
         }
     }
 
     /// The endpoint for the next attempt, and the index to skip on a retry.
-    pub fn pick(&self) -> Option<(usize, &Endpoint)> {
+    pub fn pick(&self) -> Option<(usize, SocketAddr)> {
         if self.endpoints.is_empty() {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
-        Some((i, &self.endpoints[i]))
+        Some((i, self.endpoints[i]))
     }
 
     /// A different endpoint than `not`, for the one retry after a failed connect.
-    pub fn pick_other(&self, not: usize) -> Option<&Endpoint> {
+    pub fn pick_other(&self, not: usize) -> Option<SocketAddr> {
         if self.endpoints.len() < 2 {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
         let i = if i == not { (i + 1) % self.endpoints.len() } else { i };
-        Some(&self.endpoints[i])
+        Some(self.endpoints[i])
     }
 }
 
@@ -147,7 +132,7 @@ impl RouteTable {
                         service: &b.service_name,
                         namespace: b.namespace.as_deref(),
                         path: format!("/{segment}/"),
-                        endpoints: b.endpoints.iter().map(|e| e.addr.to_string()).collect(),
+                        endpoints: b.endpoints.iter().map(ToString::to_string).collect(),
                     })
                 })
                 .collect();
