@@ -401,6 +401,10 @@ fn check_path(path: &str) -> Result<(), Rejection> {
 /// upstream servers treat it as a separator), also with path parameters after it (`..;x`):
 /// Tomcat and Spring drop everything from a `;` in a segment, leaving a dot segment.
 fn has_dot_segment(path: &str) -> bool {
+    // Most paths have no dot at all: one scan instead of splitting.
+    if !path.contains('.') {
+        return false;
+    }
     path.split(['/', '\\']).any(|segment| {
         let name = segment.split(';').next().unwrap_or(segment);
         name == "." || name == ".."
@@ -415,6 +419,10 @@ fn has_dot_segment(path: &str) -> bool {
 /// inspected, never forwarded.
 fn percent_decode(s: &str, strict: bool) -> Result<Option<String>, Rejection> {
     let bytes = s.as_bytes();
+    // Most paths have no escape at all: nothing to decode, and nothing to allocate.
+    if !bytes.contains(&b'%') {
+        return Ok(None);
+    }
     let mut out = String::with_capacity(bytes.len());
     let mut decoded_any = false;
     // The byte decoded by the escape just before this one, if the previous item was one.
