@@ -1,33 +1,70 @@
 #!/usr/bin/env bash
-# User-space instructions per proxied request, with callgrind: repeatable on a busy machine,
-# unlike wall-clock CPU time. Starts a backend nginx (`return 200 "ok"`, 127.0.0.1:18180) and
-# the proxy under valgrind (one tokio worker, 127.0.0.1:18184), sends 1,000 warm-up requests,
-# then counts instructions for exactly N requests (10 keep-alive connections).
+# User-space instructions per proxied request, counted by callgrind: repeatable on a busy
+# machine, unlike wall-clock CPU time, so it can also guard against regressions in CI.
 #
-#   proxy/benches/callgrind.sh [BINARY] [N]     # default: the release build, N=20000
+#   proxy/benches/callgrind.sh                    # gatehouse, the release build
+#   proxy/benches/callgrind.sh nginx              # nginx as the proxy, for comparison
+#   BUDGET=42000 proxy/benches/callgrind.sh       # exit 1 above 42,000 a request (./run-tests)
+#
+# The proxy runs under valgrind (one worker: TOKIO_WORKER_THREADS=1, or one nginx process)
+# in front of a backend that answers every request as the benchmark's nginx does (`200 ok`,
+# the same headers). A client sends 1,000 warm-up requests, then instructions are counted for
+# exactly REQUESTS (20,000) more, over 10 keep-alive connections: `GET /bench/ok`,
+# `Host: api.example.com`, routed to `/ok` by both proxies.
 #
 # Prints "instructions/request"; the profile is left in $WORK/cg.out.1 (callgrind_annotate).
-# Needs valgrind, nginx, python3. Ports 18180/18184 must be free.
+# Needs valgrind and python3 (and nginx for `nginx`). Everything listens on 127.0.0.1 only.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-BIN=${1:-${CARGO_TARGET_DIR:-/var/tmp/gatehouse-target}/release/gatehouse-proxy}
-N=${2:-20000}
-WORK=${WORK:-/tmp/gatehouse-callgrind}
+TARGET=${1:-gatehouse}
+BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/gatehouse-target}/release/gatehouse-proxy}
+REQUESTS=${REQUESTS:-20000}
+WORK=${WORK:-$(mktemp -d /tmp/gatehouse-callgrind.XXXXXX)}
 mkdir -p "$WORK"
-cat >"$WORK/backend.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $WORK/backend.pid;
-error_log $WORK/backend.err;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:18180; location / { return 200 "ok"; } }
+case $TARGET in
+  gatehouse) [ -x "$BIN" ] || { echo "no proxy binary at $BIN: cargo build --release -p gatehouse-proxy" >&2; exit 2; } ;;
+  nginx) command -v nginx >/dev/null || { echo "nginx is missing: apt-get install nginx" >&2; exit 2; } ;;
+  *) echo "usage: $0 [gatehouse|nginx]" >&2; exit 2 ;;
+esac
+command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 2; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+wait_for_line() {  # file pattern: prints the first match, waits up to 60 s
+  for _ in $(seq 1 300); do
+    if grep -qE "$2" "$1" 2>/dev/null; then grep -oE "$2" "$1" | head -n 1; return; fi
+    sleep 0.2
+  done
+  echo "timed out waiting for /$2/ in $1:" >&2; cat "$1" >&2; exit 1
 }
-CONF
-cat >"$WORK/proxy.yaml" <<CONF
-listen: 127.0.0.1:18184
+
+# The backend: nginx's answer to `return 200 "ok"`, byte for byte apart from the date.
+cat >"$WORK/backend.py" <<'PY'
+import asyncio
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 27 Nov 2026 00:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+async def serve(reader, writer):
+    try:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(RESPONSE)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+async def main():
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    print(f"backend listening on 127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+PY
+python3 "$WORK/backend.py" >"$WORK/backend.log" 2>&1 &
+pids+=($!)
+backend=$(wait_for_line "$WORK/backend.log" '127\.0\.0\.1:[0-9]+')
+
+rm -f "$WORK"/cg.out*
+if [ "$TARGET" = gatehouse ]; then
+  cat >"$WORK/proxy.yaml" <<CONF
+listen: 127.0.0.1:0
 admin_listen: 127.0.0.1:0
 access_log: false
 timeouts: { drain: 0s, shutdown: 2s }
@@ -36,21 +73,57 @@ edges:
     prefix: service.api
 discovery:
   static:
-    service.api.bench: ["127.0.0.1:18180"]
+    service.api.bench: ["$backend"]
 CONF
-rm -f "$WORK"/cg.out*
-setsid nginx -c "$WORK/backend.conf" </dev/null >/dev/null 2>&1 &
-NGINX=$!
-TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
-  "$BIN" --config "$WORK/proxy.yaml" >"$WORK/proxy.log" 2>&1 &
-VG=$!
-cleanup() { kill "$VG" 2>/dev/null || true; kill "$NGINX" 2>/dev/null || true; }
-trap cleanup EXIT
-for _ in $(seq 1 100); do (echo >/dev/tcp/127.0.0.1/18184) 2>/dev/null && break; sleep 0.3; done
-timeout 300 python3 "$HERE/fixed_count_client.py" 1000 10
-callgrind_control -i on "$VG" >/dev/null
-timeout 900 python3 "$HERE/fixed_count_client.py" "$N" 10
-callgrind_control -d "$VG" >/dev/null
-kill -TERM "$VG"; wait "$VG" || true
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
+    "$BIN" --config "$WORK/proxy.yaml" >"$WORK/proxy.log" 2>&1 &
+  pids+=($!)
+  proxy=$(wait_for_line "$WORK/proxy.log" 'listening on 127\.0\.0\.1:[0-9]+' | grep -oE '[0-9.]+:[0-9]+')
+else
+  # The harness's routed nginx (../shared/bench/run.sh), as one process: no master.
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  proxy=127.0.0.1:$port
+  mkdir -p "$WORK/nginx-tmp"
+  cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1; daemon off; master_process off;
+events { worker_connections 1024; }
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.err;
+http {
+  client_body_temp_path $WORK/nginx-tmp/body; proxy_temp_path $WORK/nginx-tmp/proxy;
+  fastcgi_temp_path $WORK/nginx-tmp/fcgi; uwsgi_temp_path $WORK/nginx-tmp/uwsgi; scgi_temp_path $WORK/nginx-tmp/scgi;
+  access_log off; keepalive_requests 1000000; keepalive_timeout 75s;
+  upstream backend { server $backend; keepalive 128; keepalive_requests 1000000; }
+  server { listen $proxy default_server; return 404; }
+  server {
+    listen $proxy;
+    server_name api.example.com;
+    location /bench/ { proxy_pass http://backend/; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+CONF
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
+    nginx -e "$WORK/nginx.err" -c "$WORK/nginx.conf" >"$WORK/proxy.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 300); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
+fi
+vg=${pids[-1]}
+
+client() { timeout 900 python3 "$HERE/fixed_count_client.py" "$1" 10 "${proxy##*:}"; }
+client 1000
+callgrind_control -i on "$vg" >/dev/null 2>&1
+client "$REQUESTS"
+callgrind_control -d "$vg" >/dev/null 2>&1
+kill -TERM "$vg"
+wait "$vg" || true
 ir=$(awk '/^summary:/ {print $2}' "$WORK/cg.out.1")
-echo "instructions: $ir for $N requests: $((ir / N)) instructions/request ($WORK/cg.out.1)"
+per_request=$((ir / REQUESTS))
+echo "$TARGET: $ir instructions for $REQUESTS requests: $per_request instructions/request ($WORK/cg.out.1)"
+if [ -n "${BUDGET:-}" ]; then
+  if [ "$per_request" -gt "$BUDGET" ]; then
+    echo "over budget: $per_request instructions a request, the budget is $BUDGET" >&2
+    echo "see where they go: callgrind_annotate --inclusive=yes $WORK/cg.out.1 | head -60" >&2
+    exit 1
+  fi
+  echo "within budget: $per_request <= $BUDGET instructions a request"
+fi

@@ -22,4 +22,7 @@ async def main():
     t = time.time()
     await asyncio.wait_for(asyncio.gather(*[worker(N // C, stats) for _ in range(C)]), 600)
     print(stats, f"{time.time()-t:.1f}s", file=sys.stderr)
+    # A count over refusals or errors would measure the wrong thing.
+    if stats != {b"200": N // C * C}:
+        sys.exit(f"expected {N // C * C} answers of 200, got {stats}")
 asyncio.run(main())
