@@ -29,6 +29,16 @@ fi
 step() { printf '\n==> %s\n' "$*" >&2; }
 fail() { printf '%s: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 
+# A Debian package for a missing command: installed when this runs as root with apt-get,
+# otherwise named with how to get it.
+debian_tool() { # command package
+  command -v "$1" >/dev/null 2>&1 && return
+  command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]] || fail "$1 is missing: apt-get install $2"
+  printf '%s: installing %s (Debian)\n' "${0##*/}" "$2" >&2
+  apt-get install -y -qq "$2" >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && apt-get install -y -qq "$2" >/dev/null; }
+}
+
 # The tools that cannot be installed into the clone; each missing one is named with how to get it.
 require_tools() {
   local tool how
