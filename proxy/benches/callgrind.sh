@@ -16,6 +16,8 @@
 # Needs valgrind and python3 (and nginx for `nginx`). Everything listens on 127.0.0.1 only.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=proxy/benches/lib.sh
+source "$HERE/lib.sh"
 TARGET=${1:-gatehouse}
 BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/gatehouse-target}/release/gatehouse-proxy}
 REQUESTS=${REQUESTS:-20000}
@@ -63,45 +65,16 @@ backend=$(wait_for_line "$WORK/backend.log" '127\.0\.0\.1:[0-9]+')
 
 rm -f "$WORK"/cg.out*
 if [ "$TARGET" = gatehouse ]; then
-  cat >"$WORK/proxy.yaml" <<CONF
-listen: 127.0.0.1:0
-admin_listen: 127.0.0.1:0
-access_log: false
-timeouts: { drain: 0s, shutdown: 2s }
-edges:
-  - host: api.example.com
-    prefix: service.api
-discovery:
-  static:
-    service.api.bench: ["$backend"]
-CONF
+  gatehouse_config 127.0.0.1:0 "$backend" >"$WORK/proxy.yaml"
   TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
     "$BIN" --config "$WORK/proxy.yaml" >"$WORK/proxy.log" 2>&1 &
   pids+=($!)
   proxy=$(wait_for_line "$WORK/proxy.log" 'listening on 127\.0\.0\.1:[0-9]+' | grep -oE '[0-9.]+:[0-9]+')
 else
-  # The harness's routed nginx (../shared/bench/run.sh), as one process: no master.
+  # As one process (no master), so that valgrind sees the worker.
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   proxy=127.0.0.1:$port
-  mkdir -p "$WORK/nginx-tmp"
-  cat >"$WORK/nginx.conf" <<CONF
-worker_processes 1; daemon off; master_process off;
-events { worker_connections 1024; }
-pid $WORK/nginx.pid;
-error_log $WORK/nginx.err;
-http {
-  client_body_temp_path $WORK/nginx-tmp/body; proxy_temp_path $WORK/nginx-tmp/proxy;
-  fastcgi_temp_path $WORK/nginx-tmp/fcgi; uwsgi_temp_path $WORK/nginx-tmp/uwsgi; scgi_temp_path $WORK/nginx-tmp/scgi;
-  access_log off; keepalive_requests 1000000; keepalive_timeout 75s;
-  upstream backend { server $backend; keepalive 128; keepalive_requests 1000000; }
-  server { listen $proxy default_server; return 404; }
-  server {
-    listen $proxy;
-    server_name api.example.com;
-    location /bench/ { proxy_pass http://backend/; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
+  nginx_proxy_config "$proxy" "$backend" "$WORK" off >"$WORK/nginx.conf"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
     nginx -e "$WORK/nginx.err" -c "$WORK/nginx.conf" >"$WORK/proxy.log" 2>&1 &
   pids+=($!)

@@ -13,6 +13,8 @@
 # Prints user and system µs per request per round, then the medians. Needs nginx, wrk,
 # taskset, python3 and the release build. Listens on 127.0.0.1 ports 18180/18181/18184.
 set -euo pipefail
+# shellcheck source=proxy/benches/lib.sh
+source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
 BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/gatehouse-target}/release/gatehouse-proxy}
@@ -23,53 +25,27 @@ done
 [ -x "$BIN" ] || { echo "no proxy binary at $BIN: cargo build --release -p gatehouse-proxy" >&2; exit 2; }
 mkdir -p "$WORK/tmp"
 
-common="worker_processes 1; daemon off; master_process on;
-events { worker_connections 4096; }
-error_log $WORK/error.log;"
-http_common="client_body_temp_path $WORK/tmp/body; proxy_temp_path $WORK/tmp/proxy;
-  fastcgi_temp_path $WORK/tmp/fcgi; uwsgi_temp_path $WORK/tmp/uwsgi; scgi_temp_path $WORK/tmp/scgi;
-  access_log off; keepalive_requests 1000000; keepalive_timeout 75s;"
 cat >"$WORK/backend.conf" <<CONF
-$common
+worker_processes 1; daemon off; master_process on;
+events { worker_connections 4096; }
 pid $WORK/backend.pid;
+error_log $WORK/backend.err;
 http {
-  $http_common
+  access_log off; keepalive_requests 1000000; keepalive_timeout 75s;
+  client_body_temp_path $WORK/tmp/body; proxy_temp_path $WORK/tmp/proxy;
+  fastcgi_temp_path $WORK/tmp/fcgi; uwsgi_temp_path $WORK/tmp/uwsgi; scgi_temp_path $WORK/tmp/scgi;
   server { listen 127.0.0.1:18180 backlog=4096; location / { default_type text/plain; return 200 "ok"; } }
 }
 CONF
-cat >"$WORK/nginx.conf" <<CONF
-$common
-pid $WORK/nginx.pid;
-http {
-  $http_common
-  upstream backend { server 127.0.0.1:18180; keepalive 128; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:18181 backlog=4096 default_server; return 404; }
-  server {
-    listen 127.0.0.1:18181;
-    server_name api.example.com;
-    location /bench/ { proxy_pass http://backend/; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
-cat >"$WORK/gatehouse.yaml" <<CONF
-listen: 127.0.0.1:18184
-admin_listen: 127.0.0.1:0
-access_log: false
-timeouts: { drain: 0s, shutdown: 2s }
-edges:
-  - host: api.example.com
-    prefix: service.api
-discovery:
-  static:
-    service.api.bench: ["127.0.0.1:18180"]
-CONF
+nginx_proxy_config 127.0.0.1:18181 127.0.0.1:18180 "$WORK" on >"$WORK/nginx.conf"
+gatehouse_config 127.0.0.1:18184 127.0.0.1:18180 >"$WORK/gatehouse.yaml"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-taskset -c 0 nginx -e "$WORK/error.log" -c "$WORK/backend.conf" &
+taskset -c 0 nginx -e "$WORK/backend.err" -c "$WORK/backend.conf" &
 pids+=($!)
-taskset -c 1 nginx -e "$WORK/error.log" -c "$WORK/nginx.conf" &
+taskset -c 1 nginx -e "$WORK/nginx.err" -c "$WORK/nginx.conf" &
 pids+=($!)
 nginx_pid=$!
 TOKIO_WORKER_THREADS=1 taskset -c 1 "$BIN" --config "$WORK/gatehouse.yaml" >"$WORK/gatehouse.log" 2>&1 &
