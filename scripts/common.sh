@@ -29,6 +29,17 @@ fi
 step() { printf '\n==> %s\n' "$*" >&2; }
 fail() { printf '%s: %s\n' "${0##*/}" "$*" >&2; exit 1; }
 
+# Prints the first match of an extended regex in a log file (an address a process announces),
+# waiting for it up to `seconds` (5); fails with the end of the log.
+wait_for() { # file pattern [seconds]
+  local _
+  for _ in $(seq $((${3:-5} * 10))); do
+    if grep -Eo "$2" "$1" 2>/dev/null | head -n 1 | grep .; then return 0; fi
+    sleep 0.1
+  done
+  fail "timed out waiting for '$2' in $1: $(tail -n 5 "$1" 2>/dev/null)"
+}
+
 # A Debian package for a missing command: installed when this runs as root with apt-get,
 # otherwise named with how to get it.
 debian_tool() { # command package

@@ -16,13 +16,17 @@
 # Needs valgrind and python3 (and nginx for `nginx`). Everything listens on 127.0.0.1 only.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+TARGET=${1:-gatehouse}
+BIN=$(realpath -m "${BIN:-${CARGO_TARGET_DIR:-/var/tmp/gatehouse-target}/release/gatehouse-proxy}")
+REQUESTS=${REQUESTS:-20000}
+WORK=$(realpath -m "${WORK:-$(mktemp -d /tmp/gatehouse-callgrind.XXXXXX)}")
+mkdir -p "$WORK"
+# The shared helpers expect the repository root as the working folder (paths above are absolute).
+cd "$HERE/../.."
+# shellcheck source=scripts/common.sh
+source scripts/common.sh
 # shellcheck source=proxy/benches/lib.sh
 source "$HERE/lib.sh"
-TARGET=${1:-gatehouse}
-BIN=${BIN:-${CARGO_TARGET_DIR:-/var/tmp/gatehouse-target}/release/gatehouse-proxy}
-REQUESTS=${REQUESTS:-20000}
-WORK=${WORK:-$(mktemp -d /tmp/gatehouse-callgrind.XXXXXX)}
-mkdir -p "$WORK"
 case $TARGET in
   gatehouse) [ -x "$BIN" ] || { echo "no proxy binary at $BIN: cargo build --release -p gatehouse-proxy" >&2; exit 2; } ;;
   nginx) command -v nginx >/dev/null || { echo "nginx is missing: apt-get install nginx" >&2; exit 2; } ;;
@@ -33,13 +37,6 @@ command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install v
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-wait_for_line() {  # file pattern: prints the first match, waits up to 60 s
-  for _ in $(seq 1 300); do
-    if grep -qE "$2" "$1" 2>/dev/null; then grep -oE "$2" "$1" | head -n 1; return; fi
-    sleep 0.2
-  done
-  echo "timed out waiting for /$2/ in $1:" >&2; cat "$1" >&2; exit 1
-}
 
 # The backend: nginx's answer to `return 200 "ok"`, byte for byte apart from the date.
 cat >"$WORK/backend.py" <<'PY'
@@ -61,7 +58,7 @@ asyncio.run(main())
 PY
 python3 "$WORK/backend.py" >"$WORK/backend.log" 2>&1 &
 pids+=($!)
-backend=$(wait_for_line "$WORK/backend.log" '127\.0\.0\.1:[0-9]+')
+backend=$(wait_for "$WORK/backend.log" '127\.0\.0\.1:[0-9]+' 60)
 
 rm -f "$WORK"/cg.out*
 if [ "$TARGET" = gatehouse ]; then
@@ -69,7 +66,7 @@ if [ "$TARGET" = gatehouse ]; then
   TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
     "$BIN" --config "$WORK/proxy.yaml" >"$WORK/proxy.log" 2>&1 &
   pids+=($!)
-  proxy=$(wait_for_line "$WORK/proxy.log" 'listening on 127\.0\.0\.1:[0-9]+' | grep -oE '[0-9.]+:[0-9]+')
+  proxy=$(wait_for "$WORK/proxy.log" 'listening on 127\.0\.0\.1:[0-9]+' 60 | grep -oE '[0-9.]+:[0-9]+')
 else
   # As one process (no master), so that valgrind sees the worker.
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -78,7 +75,7 @@ else
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
     nginx -e "$WORK/nginx.err" -c "$WORK/nginx.conf" >"$WORK/proxy.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 1 300); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
+  wait_for_port "$port" 60
 fi
 vg=${pids[-1]}
 

@@ -51,9 +51,7 @@ nginx_pid=$!
 TOKIO_WORKER_THREADS=1 taskset -c 1 "$BIN" --config "$WORK/gatehouse.yaml" >"$WORK/gatehouse.log" 2>&1 &
 pids+=($!)
 gatehouse_pid=$!
-for port in 18180 18181 18184; do
-  for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-done
+for port in 18180 18181 18184; do wait_for_port "$port"; done
 
 # User and system clock ticks of a process and its children (nginx: master + worker).
 ticks() {

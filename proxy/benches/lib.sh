@@ -44,3 +44,15 @@ http {
 }
 CONF
 }
+
+# Waits until something accepts connections on 127.0.0.1:PORT, up to `seconds` (10); fails
+# otherwise, rather than letting the measurement run against nothing.
+wait_for_port() { # port [seconds]
+  local _
+  for _ in $(seq $((${2:-10} * 10))); do
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on 127.0.0.1:$1 after ${2:-10} s" >&2
+  return 1
+}
