@@ -7,7 +7,8 @@
 //!   authority, else the one `Host` header) and the path, and passes every convention check;
 //! - an absolute-form target whose host (as `http::Uri` reads it) no edge names reaches only
 //!   the default edge, and nothing without one; several `Host` headers never route, nor does
-//!   `CONNECT`, nor an origin-form target without a `Host`.
+//!   `CONNECT`, `TRACE`, a method that is not upper case, nor an origin-form target without a
+//!   `Host`; what routes has a `Host` (and authority) of the shape an ALB's host rules read.
 //!
 //! Refusing a head is always allowed here (which heads the proxy refuses beyond the
 //! convention, e.g. a `Host` that is not a plain host, is `route_request`'s own table test):
@@ -18,7 +19,7 @@ use std::sync::LazyLock;
 
 use bytes::Bytes;
 use gatehouse_convention::route;
-use gatehouse_fuzz::{Table, check_route, host_names, outcome, self_test};
+use gatehouse_fuzz::{Table, check_route, host_names, is_well_formed_host, outcome, self_test};
 use gatehouse_proxy::request::{HeadRejection, route_request};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri};
@@ -118,6 +119,20 @@ fn check(table: &Table, head: &Head) {
     assert!(hosts <= 1 || result.is_err(), "several Host headers routed: {}", what());
     assert!(head.method != Method::CONNECT || result.is_err(), "CONNECT routed: {}", what());
     assert!(hosts == 1 || head.uri.authority().is_some() || result.is_err(), "no host at all, routed: {}", what());
+    if result.is_ok() {
+        let method = head.method.as_str();
+        assert!(
+            method.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_'),
+            "method {method:?} routed: {}",
+            what()
+        );
+        assert_ne!(head.method, Method::TRACE, "TRACE routed: {}", what());
+        let header_host = head.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert!(is_well_formed_host(header_host), "Host {header_host:?} routed: {}", what());
+        if let Some(authority) = head.uri.authority() {
+            assert!(is_well_formed_host(authority.as_str()), "authority {authority} routed: {}", what());
+        }
+    }
 
     // The host the request is for: the absolute-form target's authority (RFC 9112 §3.2.2),
     // else the Host header; the route must be the convention's for it and the path.

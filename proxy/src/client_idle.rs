@@ -20,12 +20,17 @@
 //! One approximation: bytes of a pipelined next request that arrived together with the
 //! previous one were read before the wait began, so a head started that way is held to
 //! `client_idle`, not `header_read`.
+//!
+//! The same stream bounds the other direction: a write to the client that cannot make progress
+//! for `timeouts.client_write` fails (a client that never reads its response must not hold a
+//! connection, and the upstream connection behind it, for ever), and [`Activity`] remembers it
+//! so that the access log can say why the exchange ended.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,24 +42,61 @@ use tokio::net::TcpStream;
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     reads: AtomicU64,
+    write_timed_out: AtomicBool,
 }
 
 impl Activity {
     fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
+
+    /// A write to the client was cut off by `timeouts.client_write`.
+    pub(crate) fn write_timed_out(&self) -> bool {
+        self.write_timed_out.load(Ordering::Relaxed)
+    }
 }
 
-/// The client's TCP stream, counting reads that delivered bytes into [`Activity`].
+/// The client's TCP stream, counting reads that delivered bytes into [`Activity`], and failing
+/// a write that makes no progress for `write_timeout`.
 #[derive(Debug)]
 pub(crate) struct ActivityStream {
     inner: TcpStream,
     activity: Arc<Activity>,
+    write_timeout: Duration,
+    /// Armed while a write waits for the client; made on the first wait and reused.
+    write_stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    write_waiting: bool,
 }
 
 impl ActivityStream {
-    pub(crate) fn new(inner: TcpStream, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+    pub(crate) fn new(inner: TcpStream, activity: Arc<Activity>, write_timeout: Duration) -> Self {
+        Self { inner, activity, write_timeout, write_stall: None, write_waiting: false }
+    }
+
+    /// Passes a write's result through; a write still waiting after `write_timeout` fails.
+    fn bound_write<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.write_waiting = false;
+            return polled;
+        }
+        if !self.write_waiting {
+            self.write_waiting = true;
+            let deadline = tokio::time::Instant::now() + self.write_timeout;
+            match &mut self.write_stall {
+                Some(stall) => stall.as_mut().reset(deadline),
+                None => self.write_stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        if let Some(stall) = &mut self.write_stall
+            && stall.as_mut().poll(cx).is_ready()
+        {
+            self.activity.write_timed_out.store(true, Ordering::Relaxed);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client did not read within client_write",
+            )));
+        }
+        Poll::Pending
     }
 }
 
@@ -73,7 +115,9 @@ impl AsyncRead for ActivityStream {
 
 impl AsyncWrite for ActivityStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.bound_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -81,7 +125,9 @@ impl AsyncWrite for ActivityStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.bound_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -89,7 +135,9 @@ impl AsyncWrite for ActivityStream {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.bound_write(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

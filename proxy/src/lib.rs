@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::{Config, ConfigError, Settings};
-use crate::config::{Forwarded, Limits, Timeouts};
+use crate::config::{Forwarded, Headers, Limits, Timeouts};
 use crate::headers::RequestIds;
 use crate::metrics::Metrics;
 use crate::table::RouteTable;
@@ -57,6 +57,7 @@ pub struct Shared {
     pub(crate) access_log: bool,
     pub(crate) limits: Limits,
     pub(crate) forwarded: Forwarded,
+    pub(crate) headers: Headers,
     pub(crate) timeouts: Timeouts,
     /// `1.1 <pseudonym>` for the `Via` header, when configured.
     pub(crate) via: Option<http::HeaderValue>,
@@ -176,7 +177,7 @@ impl Proxy {
         let traffic_addr = traffic.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: config.admin_listen, source })?;
 
-        let upstream = Upstream::new(config.timeouts.connect, config.timeouts.idle);
+        let upstream = Upstream::new(&config.timeouts, &config.pool);
         upstream.spawn_evictor();
 
         let shared = Arc::new(Shared {
@@ -187,6 +188,7 @@ impl Proxy {
             access_log: config.access_log,
             limits: config.limits.clone(),
             forwarded: config.forwarded.clone(),
+            headers: config.headers.clone(),
             timeouts: config.timeouts.clone(),
             // Validated as a token by the config, so it is always a valid header value.
             via: config.via.as_deref().and_then(|name| http::HeaderValue::from_str(&format!("1.1 {name}")).ok()),

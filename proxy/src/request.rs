@@ -21,6 +21,13 @@ pub enum HeadRejection {
     InvalidHost,
     /// `CONNECT` asks for a tunnel; an edge proxy routes requests, it does not open tunnels.
     Connect,
+    /// `TRACE` would echo the request, credentials included, back to whoever sent it (405, as
+    /// nginx answers it).
+    Trace,
+    /// A method that is not upper-case letters, `-` or `_` (`get`): methods are case-sensitive,
+    /// and an upstream that upper-cases it would act on a request the edge did not see (400,
+    /// as nginx answers it).
+    BadMethod,
     /// A transfer coding other than `chunked` (hyper has already refused one that does not
     /// end in `chunked`): the proxy would forward the coded content as if it were plain.
     UnsupportedTransferCoding,
@@ -37,13 +44,27 @@ pub fn route_request<'e, 'r>(
     uri: &'r Uri,
     headers: &'r HeaderMap,
 ) -> Result<Route<'e, 'r>, HeadRejection> {
+    let host = check_head(method, uri, headers)?;
+    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
+    route(edges, host, path_and_query).map_err(HeadRejection::Convention)
+}
+
+/// Everything about a request head that does not depend on the route: the method, the one
+/// host, the transfer coding. Every request meets it, the readiness path's included; returns
+/// the host the request is for.
+pub fn check_head<'r>(method: &Method, uri: &'r Uri, headers: &'r HeaderMap) -> Result<&'r str, HeadRejection> {
     if method == Method::CONNECT {
         return Err(HeadRejection::Connect);
     }
+    if !method.as_str().bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+        return Err(HeadRejection::BadMethod);
+    }
+    if method == Method::TRACE {
+        return Err(HeadRejection::Trace);
+    }
     let host = request_host(uri, headers)?;
     check_transfer_coding(headers)?;
-    let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
-    route(edges, host, path_and_query).map_err(HeadRejection::Convention)
+    Ok(host)
 }
 
 /// The host a request is for, without deciding whether any edge serves it.
@@ -58,35 +79,72 @@ pub fn request_host<'r>(uri: &'r Uri, headers: &'r HeaderMap) -> Result<&'r str,
         return Err(HeadRejection::InvalidHost);
     }
     let header_host = first.to_str().map_err(|_| HeadRejection::InvalidHost)?;
-    let host = uri.authority().map_or(header_host, |authority| authority.as_str());
-    if !is_host(header_host.as_bytes()) || !is_host(host.as_bytes()) {
+    if !is_host(header_host.as_bytes()) {
         return Err(HeadRejection::InvalidHost);
     }
+    let Some(authority) = uri.authority() else { return Ok(header_host) };
     // An absolute-form target and a Host that disagree: the ALB's host-based rules, the WAF
     // and the access log read `Host`, the router would read the target. No client has a
     // reason to send both differently, so the request is refused rather than routed by either.
-    if let Some(authority) = uri.authority()
-        && !authority.host().trim_end_matches('.').eq_ignore_ascii_case(host_name(header_host))
-    {
+    let host = authority.as_str();
+    if !is_host(host.as_bytes()) || !host_name(host).eq_ignore_ascii_case(host_name(header_host)) {
         return Err(HeadRejection::InvalidHost);
     }
     Ok(host)
 }
 
-/// The name in a `host[:port]` value, without the port or a trailing dot.
+/// The name in a `host[:port]` value (already checked by [`is_host`]), without the port or
+/// the trailing dot.
 fn host_name(host: &str) -> &str {
     let name = match host.rfind([':', ']']) {
         Some(at) if host.as_bytes()[at] == b':' => &host[..at],
         _ => host,
     };
-    name.trim_end_matches('.')
+    name.strip_suffix('.').unwrap_or(name)
 }
 
-/// `host[:port]` as far as the bytes go: letters, digits, `-._~`, and `:[]` for ports and
-/// IPv6 literals. No userinfo (`@`), path, percent-encoding, space or control byte, which
-/// an upstream building URLs from `Host` could be fooled by.
+/// `host[:port]` as an ALB's host rules would read it, strictly: a name of non-empty labels
+/// (letters, digits, `-`, `_`, `~`) with at most one trailing dot, an IPv4 address, or a
+/// bracketed IPv6 literal; then nothing or `:` and 1-5 digits up to 65535. No userinfo (`@`),
+/// path, percent-encoding, space or control byte, which an upstream building URLs from `Host`
+/// could be fooled by; no second colon (`internal.example.com:api.example.com`), empty label
+/// (`api..example.com`) or second trailing dot (`api.example.com..`), which different hops
+/// could resolve to different names.
 fn is_host(host: &[u8]) -> bool {
-    !host.is_empty() && host.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b))
+    let (name, port) = if host.first() == Some(&b'[') {
+        let Some(end) = host.iter().position(|&b| b == b']') else { return false };
+        let literal = &host[1..end];
+        if literal.is_empty() || !literal.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return false;
+        }
+        match &host[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (None, Some(port)),
+            _ => return false,
+        }
+    } else {
+        match host.iter().rposition(|&b| b == b':') {
+            Some(at) => (Some(&host[..at]), Some(&host[at + 1..])),
+            None => (Some(host), None),
+        }
+    };
+    if let Some(port) = port
+        && !(matches!(port.len(), 1..=5)
+            && port.iter().all(u8::is_ascii_digit)
+            && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535)
+    {
+        return false;
+    }
+    match name {
+        None => true,
+        Some(name) => {
+            let name = name.strip_suffix(b".").unwrap_or(name);
+            !name.is_empty()
+                && name.split(|&b| b == b'.').all(|label| {
+                    !label.is_empty() && label.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_~".contains(&b))
+                })
+        }
+    }
 }
 
 /// `Transfer-Encoding`, when present, must be `chunked` and nothing else: hyper has decoded
@@ -158,11 +216,31 @@ mod tests {
             (Method::GET, "/foo/x", &[b"api.example.com\\x"], Err(HeadRejection::InvalidHost)),
             (Method::GET, "/foo/x", &[b"api%2eexample.com"], Err(HeadRejection::InvalidHost)),
             (Method::GET, "/foo/x", &[b"[::1]:8080"], Err(HeadRejection::Convention(Rejection::UnknownHost))),
+            // The name before the last `:` is not what routes: a port is digits, or nothing.
+            (Method::GET, "/foo/x", &[b"internal.example.com:api.example.com"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"api.example.com:http"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"api.example.com:"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"api.example.com:65536"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"api.example.com:123456"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"api.example.com:80:80"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"api.example.com:65535"], Ok("service-api-foo")),
+            (Method::GET, "/foo/x", &[b"api.example.com."], Ok("service-api-foo")),
+            (Method::GET, "/foo/x", &[b"api.example.com.:443"], Ok("service-api-foo")),
+            (Method::GET, "/foo/x", &[b"api.example.com.."], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"api..example.com"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b".api.example.com"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"[::1"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"[::1]x"], Err(HeadRejection::InvalidHost)),
+            (Method::GET, "/foo/x", &[b"[]"], Err(HeadRejection::InvalidHost)),
             // absolute form: Host is still required and checked; the authority has no userinfo
             (Method::GET, "http://api.example.com/foo/x", &[], Err(HeadRejection::MissingHost)),
             (Method::GET, "http://api.example.com/foo/x", &[b"a b"], Err(HeadRejection::InvalidHost)),
             (Method::GET, "http://evil@api.example.com/foo/x", &[b"api.example.com"], Err(HeadRejection::InvalidHost)),
             (Method::CONNECT, "api.example.com:443", &[b"api.example.com"], Err(HeadRejection::Connect)),
+            (Method::TRACE, "/foo/x", &[b"api.example.com"], Err(HeadRejection::Trace)),
+            (Method::from_bytes(b"get").unwrap(), "/foo/x", &[b"api.example.com"], Err(HeadRejection::BadMethod)),
+            (Method::from_bytes(b"PROPFIND").unwrap(), "/foo/x", &[b"api.example.com"], Ok("service-api-foo")),
+            (Method::from_bytes(b"M-SEARCH").unwrap(), "/foo/x", &[b"api.example.com"], Ok("service-api-foo")),
             (Method::OPTIONS, "*", &[b"api.example.com"], Err(HeadRejection::Convention(Rejection::MalformedPath))),
         ];
         for (method, target, hosts, expected) in rows {

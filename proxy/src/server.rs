@@ -55,16 +55,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, closing: C
             continue;
         }
         shared.metrics.connections.inc();
-        let conn = Arc::new(ConnInfo::new(peer));
+        let local = stream.local_addr().unwrap_or(peer);
+        let activity = Arc::new(Activity::default());
+        let conn = Arc::new(ConnInfo::new(peer, local, activity.clone()));
         let task_shared = shared.clone();
         let mut builder = (*builder).clone();
-        let activity = Arc::new(Activity::default());
         builder.timer(ConnTimer::new(activity.clone(), shared.timeouts.header_read, shared.timeouts.client_idle));
         let closing = closing.clone();
         shared.spawn_tracked(async move {
             let svc_shared = task_shared.clone();
             let svc = service_fn(move |req| handle(svc_shared.clone(), conn.clone(), req));
-            let io = TokioIo::new(ActivityStream::new(stream, activity));
+            let io = TokioIo::new(ActivityStream::new(stream, activity, task_shared.timeouts.client_write));
             let connection = builder.serve_connection(io, svc).with_upgrades();
             tokio::pin!(connection);
             let result = tokio::select! {
