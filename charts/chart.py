@@ -26,10 +26,12 @@ CHART = ROOT / "charts" / "gatehouse"
 VALUE_SETS = {
     "minimal": {"files": ["charts/gatehouse/ci/minimal-values.yaml"]},
     "full": {"files": ["charts/gatehouse/ci/full-values.yaml"],
-             "set_files": ["handshake=charts/gatehouse/ci/handshake.json"]},
+             "set_files": ["handshake=charts/gatehouse/ci/eks-handshake.json"]},
     "ipv6": {"files": ["charts/gatehouse/ci/ipv6-values.yaml"]},
+    # local-handshake.json: `terraform output -json gatehouse` of terraform/examples/local applied
+    # to MiniStack, as tests/kind/run.sh gives it.
     "kind": {"files": ["tests/kind/values.yaml"],
-             "set_files": ["handshake=charts/gatehouse/ci/handshake.json"]},
+             "set_files": ["handshake=charts/gatehouse/ci/local-handshake.json"]},
 }
 RELEASE = {"name": "gatehouse", "namespace": "gatehouse"}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -129,8 +130,9 @@ def rust_version_findings(root: Path, stages: list[Stage]) -> list[str]:
             findings.append(f"{path}: says no Rust version (expected 'Rust {claimed}+')")
         findings += [f"{path}: says Rust {v}+, Cargo.toml says rust-version {claimed}" for v in said if v != claimed]
     if not findings:
-        print(f"image-check: rust-version {claimed} everywhere; the highest in Cargo.lock is "
-              f"{highest[1]} ({highest[2]} {highest[3]}, {len(packages)} packages)")
+        at_highest = sorted(f"{n[2]} {n[3]}" for n in needing if n[0] == highest[0])
+        print(f"image-check: rust-version {claimed} everywhere; the highest in Cargo.lock ({len(packages)} "
+              f"packages) is {highest[1]}, declared by {at_highest[0]} and {len(at_highest) - 1} more")
     return findings
 
 
@@ -164,8 +166,33 @@ def split_flags(value: str) -> tuple[dict[str, list[str]], str]:
     return flags, rest
 
 
+class FileTimes:
+    """The time each laid-out file's content was first seen at its path in the image.
+
+    Cargo decides freshness by file times, and a new clone's files are all new. Giving a file
+    the time its content first appeared keeps a build folder that only image-check writes to
+    warm across clones (unchanged crates are not rebuilt), and any changed content a time
+    later than every build before it (it is rebuilt)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seen: dict[str, list] = json.loads(path.read_text()) if path.exists() else {}
+
+    def stamp(self, file: Path, image_path: str) -> None:
+        if file.is_symlink():
+            return
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        known = self.seen.get(image_path)
+        if not known or known[0] != digest:
+            known = self.seen[image_path] = [digest, time.time_ns()]
+        os.utime(file, ns=(known[1], known[1]))
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.seen, sort_keys=True))
+
+
 def copy_sources(sources: list[str], dest: str, workdir: str, context: set[str], root: Path,
-                 upper: Path, line: int) -> int:
+                 upper: Path, times: FileTimes, line: int) -> int:
     """Places what `COPY sources dest` copies under `upper`; returns the number of files."""
     files = sorted(p for p in context if not (root / p).is_dir() or (root / p).is_symlink())
     target = PurePosixPath(dest) if dest.startswith("/") else PurePosixPath(workdir) / dest
@@ -190,8 +217,8 @@ def copy_sources(sources: list[str], dest: str, workdir: str, context: set[str],
         for relative, destination in pairs:
             out = upper / str(destination).lstrip("/")
             out.parent.mkdir(parents=True, exist_ok=True)
-            # Times kept, as COPY keeps them: cargo's freshness then works as for the clone.
             shutil.copy2(root / relative, out, follow_symlinks=False)
+            times.stamp(out, str(destination))
             copied += 1
     return copied
 
@@ -209,8 +236,14 @@ class BuildPlan:
 
 def plan_build_stage(stage: Stage, root: Path, sandbox: Path,
                      cargo_home: Path, rustup_home: Path, target_dir: Path) -> tuple[BuildPlan, int]:
-    """Lays out the build stage's COPYs in the overlay's upper folder and plans its RUNs."""
+    """Lays out the build stage's COPYs in the overlay's upper folder and plans its RUNs.
+
+    The build folder and other caches persist in `target_dir`/image-check, which only
+    image-check builds into (so file times decide freshness there, see FileTimes)."""
     upper, work, chroot = sandbox / "upper", sandbox / "work", sandbox / "root"
+    state = target_dir / "image-check"
+    (state / "target").mkdir(parents=True, exist_ok=True)
+    times = FileTimes(state / "file-times.json")
     for folder in (upper, work, chroot):
         folder.mkdir(parents=True)
     context = context_paths(root)
@@ -242,7 +275,7 @@ def plan_build_stage(stage: Stage, root: Path, sandbox: Path,
             words = json.loads(rest) if rest.startswith("[") else shlex.split(rest)
             if len(words) < 2:
                 raise Finding(f"Dockerfile:{line}: COPY needs a source and a destination")
-            copied += copy_sources(words[:-1], words[-1], workdir, context, root, upper, line)
+            copied += copy_sources(words[:-1], words[-1], workdir, context, root, upper, times, line)
         elif instruction == "RUN":
             flags, command = split_flags(value)
             for mount in flags.pop("mount", []):
@@ -253,9 +286,9 @@ def plan_build_stage(stage: Stage, root: Path, sandbox: Path,
                 if mount_target.startswith("/usr/local/cargo/") or mount_target == "/usr/local/cargo":
                     continue  # inside the toolchain's folder, bound above: it persists already
                 if mount_target == str(PurePosixPath(workdir) / "target"):
-                    binds.append((str(target_dir), mount_target))
+                    binds.append((str(state / "target"), mount_target))
                 else:
-                    cache = target_dir / "image-check-cache" / spec.get("id", mount_target.strip("/").replace("/", "_"))
+                    cache = state / "cache" / spec.get("id", mount_target.strip("/").replace("/", "_"))
                     cache.mkdir(parents=True, exist_ok=True)
                     binds.append((str(cache), mount_target))
             if flags:
@@ -268,6 +301,7 @@ def plan_build_stage(stage: Stage, root: Path, sandbox: Path,
             runs.append({"argv": argv, "env": {**variables, **env}, "workdir": workdir, "line": line})
         else:
             raise Finding(f"Dockerfile:{line}: {instruction} in the build stage is not supported by image-check")
+    times.save()
     print(f"image-check: laid out {copied} files from the build context ({len(context)} paths "
           f"after .dockerignore) into the build stage's {workdir}")
     return BuildPlan(str(chroot), str(upper), str(work), binds, runs), copied

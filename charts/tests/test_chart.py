@@ -17,7 +17,8 @@ import pytest
 import yaml
 from conftest import MINIMAL, render_values, with_minimal
 
-HANDSHAKE = (Path(__file__).resolve().parents[1] / "gatehouse" / "ci" / "handshake.json").read_text()
+# The module's handshake from a real apply: terraform/examples/local on MiniStack.
+HANDSHAKE = (Path(__file__).resolve().parents[1] / "gatehouse" / "ci" / "local-handshake.json").read_text()
 
 
 def refusal(values: dict) -> str:
@@ -58,7 +59,7 @@ def test_neither_a_cluster_name_nor_a_handshake_is_refused():
 def test_a_handshake_given_as_a_file_is_mounted_for_the_provisioner():
     values = {"image": {"repository": "r.example/gatehouse"}}
     values = chart.merge(values, helm.parse_set_file(
-        f"handshake={Path(__file__).resolve().parents[1] / 'gatehouse/ci/handshake.json'}"))
+        f"handshake={Path(__file__).resolve().parents[1] / 'gatehouse/ci/local-handshake.json'}"))
     objects = render_values(values)
     config_map = objects.one("ConfigMap", "gatehouse-provisioner-handshake")
     assert json.loads(config_map["data"]["handshake.json"]) == json.loads(HANDSHAKE)
