@@ -235,7 +235,7 @@ class BuildPlan:
 
 
 def plan_build_stage(stage: Stage, root: Path, sandbox: Path,
-                     cargo_home: Path, rustup_home: Path, target_dir: Path) -> tuple[BuildPlan, int]:
+                     cargo_home: Path, rustup_home: Path, target_dir: Path) -> BuildPlan:
     """Lays out the build stage's COPYs in the overlay's upper folder and plans its RUNs.
 
     The build folder and other caches persist in `target_dir`/image-check, which only
@@ -304,7 +304,7 @@ def plan_build_stage(stage: Stage, root: Path, sandbox: Path,
     times.save()
     print(f"image-check: laid out {copied} files from the build context ({len(context)} paths "
           f"after .dockerignore) into the build stage's {workdir}")
-    return BuildPlan(str(chroot), str(upper), str(work), binds, runs), copied
+    return BuildPlan(str(chroot), str(upper), str(work), binds, runs)
 
 
 def run_sandbox(plan: BuildPlan) -> None:
@@ -401,7 +401,7 @@ def main() -> int:
         rustup_home = Path(os.environ.get("RUSTUP_HOME", Path.home() / ".rustup"))
         options.target_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="image-check-") as tmp:
-            plan, _ = plan_build_stage(stages[0], root, Path(tmp), cargo_home, rustup_home,
+            plan = plan_build_stage(stages[0], root, Path(tmp), cargo_home, rustup_home,
                                        options.target_dir.resolve())
             (Path(tmp) / "plan.json").write_text(json.dumps(plan.__dict__))
             started = time.monotonic()
