@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -277,3 +278,21 @@ def test_scheduling_and_resources_reach_the_pods():
     assert spec["tolerations"] == [{"operator": "Exists"}]
     assert spec["nodeSelector"] == {"role": "edge"}
     assert spec["containers"][0]["resources"]["requests"]["cpu"] == "1"
+
+
+def module_default(name: str) -> str:
+    """A variable's default in the Terraform module (terraform/modules/edge-ingress)."""
+    variables = (Path(__file__).resolve().parents[2] / "terraform/modules/edge-ingress/variables.tf").read_text()
+    block = re.search(rf'variable "{name}" {{(.*?)\n}}', variables, re.S)
+    assert block, f"no variable {name} in the module"
+    return re.search(r"^\s*default\s*=\s*(.+)$", block.group(1), re.M).group(1).strip().strip('"')
+
+
+def test_the_defaults_agree_with_the_terraform_modules(render):
+    objects = render()
+    assert objects.one("Service", "gatehouse-proxy")["spec"]["ports"][0]["nodePort"] == int(module_default("node_port"))
+    assert objects.container("DaemonSet")["readinessProbe"]["httpGet"]["path"] == module_default("health_check_path")
+    # The ALB must see a draining proxy unhealthy well inside its drain.
+    config = yaml.safe_load(objects.one("ConfigMap", "gatehouse-proxy")["data"]["gatehouse-proxy.yaml"])
+    unhealthy_after = int(module_default("health_check_interval")) * int(module_default("unhealthy_threshold"))
+    assert int(config["timeouts"]["drain"].removesuffix("s")) >= 2 * unhealthy_after
