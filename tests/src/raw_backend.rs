@@ -1,15 +1,18 @@
 //! A backend that misbehaves on purpose, over raw TCP: it parses each request head itself
 //! (httparse) and answers by a script the test gives, with exactly the bytes the script says:
 //! early answers that never read the body, HTTP/1.0 keep-alive, both `Content-Length` and
-//! `Transfer-Encoding`, a body that stalls half-way, a `101` nobody asked for.
+//! `Transfer-Encoding`, a body that stalls half-way, a `101` nobody asked for, bytes after the
+//! end of a response (at once or after a pause), a reset in the middle of a response, an idle
+//! connection closed under the proxy's feet.
 //!
 //! Like a careless real server, a script that does not read the body leaves it in the buffer,
 //! and the next request is parsed from whatever comes next: if the proxy ever let another
 //! client's request follow an unread body on the same connection, the backend would answer the
 //! body's bytes, and the test would see that answer reach the wrong client.
 //!
-//! Everything is recorded: every connection (with every byte it received and how it ended),
-//! every request head parsed, and the most connections open at once.
+//! Everything is recorded: every connection (with every byte it received, every byte it sent and
+//! how it ended), every request head parsed (with its place on its connection), and the most
+//! connections open at once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +28,9 @@ use tokio::task::JoinHandle;
 pub struct SeenRequest {
     /// Which connection (in accept order, from 0) it arrived on.
     pub conn: usize,
+    /// Its place among the requests of that connection, from 0: above 0, the proxy reused the
+    /// connection for it.
+    pub nth: usize,
     pub method: String,
     pub path: String,
     pub version: u8,
@@ -59,12 +65,16 @@ pub enum ConnEnd {
     Reset,
     /// The backend closed it (the script said so, or the bytes were not a request).
     ClosedByBackend,
+    /// The backend reset it (the script said so).
+    ResetByBackend,
 }
 
 /// One accepted connection.
 #[derive(Debug, Clone)]
 pub struct SeenConn {
     pub received: Vec<u8>,
+    /// Every byte the backend wrote on it.
+    pub sent: Vec<u8>,
     pub end: ConnEnd,
 }
 
@@ -75,7 +85,10 @@ pub struct Reply {
     pub read_body: bool,
     /// The bytes written back, verbatim.
     pub bytes: Vec<u8>,
-    /// What happens after writing them.
+    /// More bytes, each written after its pause: a response that arrives in pieces, or bytes
+    /// that follow the end of a response once the proxy has had time to take it as complete.
+    pub later: Vec<(Duration, Vec<u8>)>,
+    /// What happens after writing them all.
     pub then: Then,
 }
 
@@ -88,6 +101,11 @@ pub enum Then {
     Close,
     /// Do nothing more for this long (a stalled response), then close.
     Stall(Duration),
+    /// Reset the connection (RST, as a crashing server's kernel sends).
+    Reset,
+    /// Parse the next request, but close the connection if none begins within this long (a
+    /// server's keep-alive timeout, shorter than the proxy's).
+    CloseIdle(Duration),
 }
 
 impl Reply {
@@ -95,7 +113,7 @@ impl Reply {
     /// request body.
     pub fn ok(status: u16, body: &str) -> Self {
         let bytes = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes();
-        Self { read_body: true, bytes, then: Then::KeepAlive }
+        Self { read_body: true, bytes, later: Vec::new(), then: Then::KeepAlive }
     }
 
     /// The same, answered from the head alone: the body is left unread in the buffer.
@@ -105,7 +123,29 @@ impl Reply {
 
     /// Exactly these bytes, after reading the body, then `then`.
     pub fn raw(bytes: impl Into<Vec<u8>>, then: Then) -> Self {
-        Self { read_body: true, bytes: bytes.into(), then }
+        Self { read_body: true, bytes: bytes.into(), later: Vec::new(), then }
+    }
+
+    /// The same reply, and then, after `pause`, these bytes too.
+    #[must_use]
+    pub fn and_after(mut self, pause: Duration, bytes: impl Into<Vec<u8>>) -> Self {
+        self.later.push((pause, bytes.into()));
+        self
+    }
+
+    /// The same reply, written from the head alone: the body is left unread in the buffer.
+    #[must_use]
+    pub fn without_reading_body(self) -> Self {
+        Self { read_body: false, ..self }
+    }
+
+    /// Every byte the reply writes, in order.
+    pub fn all_bytes(&self) -> Vec<u8> {
+        let mut all = self.bytes.clone();
+        for (_, bytes) in &self.later {
+            all.extend_from_slice(bytes);
+        }
+        all
     }
 }
 
@@ -147,7 +187,7 @@ impl ScriptedBackend {
             while let Ok((stream, _)) = listener.accept().await {
                 let id = {
                     let mut seen = task_state.conns.lock().expect("lock");
-                    seen.push(SeenConn { received: Vec::new(), end: ConnEnd::Open });
+                    seen.push(SeenConn { received: Vec::new(), sent: Vec::new(), end: ConnEnd::Open });
                     seen.len() - 1
                 };
                 let open = task_state.open.fetch_add(1, Ordering::SeqCst) + 1;
@@ -206,12 +246,24 @@ struct Conn<'a> {
 
 impl Conn<'_> {
     async fn run(&mut self, script: &Script) -> ConnEnd {
+        let mut idle_limit = None;
+        let mut nth = 0;
         loop {
-            let mut request = match self.head().await {
+            if let Some(idle) = idle_limit
+                && self.buf.is_empty()
+            {
+                match tokio::time::timeout(idle, self.fill()).await {
+                    Err(_) => return ConnEnd::ClosedByBackend,
+                    Ok(Err(end)) => return end,
+                    Ok(Ok(())) => {}
+                }
+            }
+            let mut request = match self.head(nth).await {
                 Ok(Some(request)) => request,
                 Ok(None) => return ConnEnd::ClosedByBackend,
                 Err(end) => return end,
             };
+            nth += 1;
             let mut reply = script(&request);
             if reply.read_body {
                 match self.body(&request).await {
@@ -228,12 +280,25 @@ impl Conn<'_> {
                 reply = script(&request);
             }
             self.state.requests.lock().expect("lock").push(request);
-            if self.stream.write_all(&reply.bytes).await.is_err() {
+            if !self.write(&reply.bytes).await {
                 return ConnEnd::Reset;
             }
+            for (pause, bytes) in &reply.later {
+                tokio::time::sleep(*pause).await;
+                if !self.write(bytes).await {
+                    return ConnEnd::Reset;
+                }
+            }
+            idle_limit = None;
             match reply.then {
                 Then::KeepAlive => {}
+                Then::CloseIdle(idle) => idle_limit = Some(idle),
                 Then::Close => return ConnEnd::ClosedByBackend,
+                Then::Reset => {
+                    // Dropped with a zero linger, the socket goes with an RST.
+                    let _ = self.stream.set_zero_linger();
+                    return ConnEnd::ResetByBackend;
+                }
                 Then::Stall(pause) => {
                     // Still reading, so that a reset or close by the proxy is seen as such.
                     return match tokio::time::timeout(pause, self.wait_for_end()).await {
@@ -243,6 +308,15 @@ impl Conn<'_> {
                 }
             }
         }
+    }
+
+    /// Writes `bytes` and records them; `false` when the peer is gone.
+    async fn write(&mut self, bytes: &[u8]) -> bool {
+        if self.stream.write_all(bytes).await.is_err() {
+            return false;
+        }
+        self.state.conns.lock().expect("lock")[self.id].sent.extend_from_slice(bytes);
+        true
     }
 
     /// Reads more bytes; `Err` with how the connection ended when no more come.
@@ -267,8 +341,9 @@ impl Conn<'_> {
         }
     }
 
-    /// The next request head; `None` when the bytes are not one (the backend then closes).
-    async fn head(&mut self) -> Result<Option<SeenRequest>, ConnEnd> {
+    /// The next request head, the `nth` of the connection; `None` when the bytes are not one
+    /// (the backend then closes).
+    async fn head(&mut self, nth: usize) -> Result<Option<SeenRequest>, ConnEnd> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; 128];
             let mut parsed = httparse::Request::new(&mut headers);
@@ -276,6 +351,7 @@ impl Conn<'_> {
                 Ok(httparse::Status::Complete(len)) => {
                     let request = SeenRequest {
                         conn: self.id,
+                        nth,
                         method: parsed.method.unwrap_or_default().to_owned(),
                         path: parsed.path.unwrap_or_default().to_owned(),
                         version: parsed.version.unwrap_or_default(),
