@@ -70,6 +70,18 @@ enum Gets {
     Refused(u16),
 }
 
+impl std::fmt::Display for Gets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Complete(status, body) => write!(f, "{status} {:?} complete", String::from_utf8_lossy(body)),
+            Self::CutShort(status, sent) => {
+                write!(f, "{status} with the body cut short after a prefix of {:?}", String::from_utf8_lossy(sent))
+            }
+            Self::Refused(status) => write!(f, "the proxy's {status}"),
+        }
+    }
+}
+
 fn complete(status: u16, body: &str) -> Gets {
     Gets::Complete(status, body.as_bytes().to_vec())
 }
@@ -1206,7 +1218,7 @@ fn check_final(
 ) -> Vec<String> {
     let read = match read {
         Ok(read) => read,
-        Err(end) => return vec![format!("no response: {end:?}, expected {gets:?}")],
+        Err(end) => return vec![format!("no response: {end:?}, expected {gets}")],
     };
     let PartialResponse { response, end } = read;
     let got = || format!("{} {:?} ({end:?})", response.status, String::from_utf8_lossy(&response.body));
@@ -1214,7 +1226,7 @@ fn check_final(
     match gets {
         Gets::Complete(status, body) => {
             if end != BodyEnd::Complete || response.status != *status || response.body != *body {
-                problems.push(format!("got {}, expected {status} {:?} complete", got(), String::from_utf8_lossy(body)));
+                problems.push(format!("got {}, expected {gets}", got()));
             }
             // A body reaches an HTTP/1.1 client framed, so that a cut would be visible.
             let framed = response.header("content-length").is_some() || response.header("transfer-encoding").is_some();
@@ -1224,17 +1236,13 @@ fn check_final(
         }
         Gets::CutShort(status, sent) => {
             if end != BodyEnd::CutShort || response.status != *status || !sent.starts_with(&response.body) {
-                problems.push(format!(
-                    "got {}, expected {status} with the body cut short after a prefix of {:?}",
-                    got(),
-                    String::from_utf8_lossy(sent)
-                ));
+                problems.push(format!("got {}, expected {gets}", got()));
             }
         }
         Gets::Refused(status) => {
             let text = String::from_utf8_lossy(&response.body);
             if end != BodyEnd::Complete || response.status != *status {
-                problems.push(format!("got {}, expected the proxy's {status}", got()));
+                problems.push(format!("got {}, expected {gets}", got()));
             } else if let Some(word) = UPSTREAM_WORDS.iter().find(|w| text.contains(*w)) {
                 problems.push(format!("the proxy's {status} carries the upstream's {word:?}: {text:?}"));
             }
