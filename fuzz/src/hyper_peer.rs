@@ -71,7 +71,9 @@ pub fn server_reads(bytes: &[u8]) -> ServerRead {
             }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
-        builder.max_header_size(MAX_HEADER_BYTES).max_buf_size(MAX_HEADER_BYTES * 2);
+        // half_close: the pipe's write side is shut after the bytes, and without it hyper may
+        // drop a complete request it has read together with that end.
+        builder.max_header_size(MAX_HEADER_BYTES).max_buf_size(MAX_HEADER_BYTES * 2).half_close(true);
         let connection = builder.serve_connection(TokioIo::new(server), service);
         let conversation = async {
             let _ = client.write_all(bytes).await;

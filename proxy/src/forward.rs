@@ -81,8 +81,9 @@ pub(crate) async fn forward(
         }
     };
     let version = conn.head.version;
-    let request_kind =
-        if conn.head.method.get(conn.buf.readable()) == b"HEAD" { RequestKind::Head } else { RequestKind::Other };
+    let method = conn.head.method.get(conn.buf.readable());
+    let request_kind = if method == b"HEAD" { RequestKind::Head } else { RequestKind::Other };
+    let idempotent = is_idempotent(method);
     let keep_alive_request = conn.head.keep_alive;
     let framed_body = conn.head.framed_body;
     let expect_continue = conn.head.expect_continue;
@@ -134,7 +135,9 @@ pub(crate) async fn forward(
     };
 
     // The exchange. A pooled connection that turns out closed before any answer gets the
-    // request again on a new connection, once, if the whole request is still in hand.
+    // request again on a new connection, once, if the whole request is still in hand and its
+    // method is idempotent: the upstream may have acted on a POST before it closed (RFC 9110
+    // §9.2.2; nginx's `proxy_next_upstream` default does the same).
     let mut resp = ResponseHead::default();
     let mut retried = false;
     let sent = loop {
@@ -142,7 +145,7 @@ pub(crate) async fn forward(
         match attempt {
             Ok(sent) => break sent,
             Err(Failed::Head(HeadFault::ClosedBeforeAnswer) | Failed::Send(SendError::Upstream(_)))
-                if up.reused && !streaming && !retried =>
+                if up.reused && idempotent && !streaming && !retried =>
             {
                 retried = true;
                 match shared.upstream.connect(addr).await {
@@ -217,6 +220,15 @@ pub(crate) async fn forward(
     // Phase 5: the response.
     let keep = keep_alive_request && matches!(sent, Sent::Complete);
     let relayed = relay(conn, x, &mut up, &resp, (version, request_kind), keep, &shared).await;
+    if relayed.unanswered {
+        // The body broke before any byte reached the client: it gets a 502 instead.
+        shared.metrics.upstream_error(UpstreamErrorKind::Protocol);
+        x.head_sent = None;
+        x.outcome = Outcome::Complete;
+        let error = ProxyError::UpstreamProtocol;
+        conn.answer(x, error.answer(), version, request_kind == RequestKind::Head, Some(error)).await;
+        return false;
+    }
     let reuse = Reuse {
         request_sent_first: matches!(sent, Sent::Complete),
         response_complete: relayed.upstream_clean,
@@ -458,6 +470,8 @@ struct Relayed {
     client_keep: bool,
     /// The response was read to its end and nothing came after it.
     upstream_clean: bool,
+    /// The upstream's body broke before anything was written to the client.
+    unanswered: bool,
 }
 
 /// Phase 5: the response head the client gets, then its body, as it arrives.
@@ -506,7 +520,7 @@ async fn relay(
     let upstream_stall = shared.settings.timeouts.upstream_read;
     let client_stall = shared.settings.timeouts.client_write;
     let mut sent = 0u64;
-    let mut result = Relayed { client_keep: !client_close, upstream_clean: false };
+    let mut result = Relayed { client_keep: !client_close, upstream_clean: false, unanswered: false };
     let mut head_pending = true;
     let outcome = match resp.framing {
         Framing::Empty => {
@@ -569,6 +583,7 @@ async fn relay(
                             }
                             Err(_) => {
                                 conn.body = data;
+                                result.unanswered = head_pending;
                                 break Some(Outcome::UpstreamFailed);
                             }
                         };
@@ -625,6 +640,11 @@ async fn relay(
         result.upstream_clean = false;
     }
     result
+}
+
+/// Methods a request may be sent again with (RFC 9110 §9.2.2): the safe ones, PUT and DELETE.
+fn is_idempotent(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE")
 }
 
 /// Answers that carry no body although their head may give a length: to a HEAD, and a 304

@@ -100,29 +100,44 @@ async fn run(settings: gatehouse_proxy::Settings) -> ExitCode {
         }
     };
     eprintln!("gatehouse-proxy listening on {} (admin {})", proxy.traffic_addr(), proxy.admin_addr());
-    if let Err(e) = shutdown_signal().await {
-        eprintln!("gatehouse-proxy: cannot install signal handlers: {e}");
-        return ExitCode::FAILURE;
-    }
+    // Registered once, for both signals: a listener registered after the first signal may
+    // see that same signal again and take it for the second.
+    let mut signals = match ShutdownSignals::install() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("gatehouse-proxy: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    signals.next().await;
     eprintln!("gatehouse-proxy draining");
     proxy.start_drain();
     // A second signal means "now": skip the rest of the drain.
     tokio::select! {
         () = proxy.wait() => {}
-        _ = shutdown_signal() => eprintln!("gatehouse-proxy: second signal, exiting without finishing the drain"),
+        () = signals.next() => eprintln!("gatehouse-proxy: second signal, exiting without finishing the drain"),
     }
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, either of them.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
-    Ok(())
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 fn print_check(settings: &gatehouse_proxy::Settings) -> ExitCode {

@@ -26,8 +26,12 @@ pub struct Span {
 
 impl Span {
     fn of(buf: &[u8], part: &[u8]) -> Self {
-        // `part` is a sub-slice of `buf` (httparse hands out slices of its input).
-        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        // httparse hands out sub-slices of its input, except where it makes a part up: a reason
+        // phrase with obs-text comes back as a static "". Such a part is an empty span.
+        let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+        if part.is_empty() || start > buf.len() || part.len() > buf.len() - start {
+            return Self::default();
+        }
         Self { start: start as u32, end: (start + part.len()) as u32 }
     }
 

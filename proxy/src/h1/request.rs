@@ -12,8 +12,9 @@ pub const MAX_TARGET_LEN: usize = u16::MAX as usize - 1;
 /// and answers a longer `Content-Length` with 431; so does this parser.
 const MAX_BODY_LENGTH: u64 = u64::MAX - 2;
 
-/// The start of the HTTP/2 connection preface: a client speaking HTTP/2 with prior knowledge.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The HTTP/2 connection preface, whole (as hyper checks it): a client speaking HTTP/2 with
+/// prior knowledge. A line that only starts like it is a malformed HTTP/1 head.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Why a request head is refused before it is routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +210,8 @@ fn skip_empty_lines(buf: &[u8]) -> &[u8] {
 fn read_target(buf: &[u8], target: Span, head: &mut RequestHead) -> Result<(), HeadError> {
     let bytes = target.get(buf);
     head.authority = Span::default();
-    if matches!(bytes.first(), Some(b'/' | b'?' | b'#')) {
+    // Origin form starts with `/`; a target starting with `?` or `#` is refused, as by `http::Uri`.
+    if bytes.first() == Some(&b'/') {
         head.form = TargetForm::Origin;
         let kept = scan_path_and_query(bytes).ok_or(HeadError::Malformed)?;
         head.path_and_query = Span { start: target.start, end: target.start + kept as u32 };
@@ -358,6 +360,11 @@ mod tests {
             b"GET /a\x7fb HTTP/1.1\r\n\r\n",
             b"GET /a<b HTTP/1.1\r\n\r\n",
             b"GET /caf\xe9 HTTP/1.1\r\n\r\n",
+            // Found by h1_request: `http::Uri` refuses a target that starts with `?` or `#`.
+            b"GET ?a HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET #a/b HTTP/1.1\r\nHost: h\r\n\r\n",
+            // Only the whole HTTP/2 preface closes silently; a line like its start is a 400.
+            b"PRI * HTTP/2.0\r\n\rTransfer-Encoding: chunked\r\n\r\n",
         ];
         for bytes in malformed {
             let mut head = RequestHead::default();

@@ -91,6 +91,9 @@ pub fn parse(buf: &[u8], request: RequestKind, head: &mut ResponseHead) -> Resul
     head.keep_alive = is_http_11;
     let mut saw_close = false;
     let mut transfer_encoding: Option<&[u8]> = None;
+    // Every coding of every Transfer-Encoding line: the proxy relays exactly one `chunked`.
+    let mut codings = 0usize;
+    let mut only_chunked = true;
     let mut lengths = Lengths::None;
     for header in res.headers.iter() {
         let (name, value) = (header.name.as_bytes(), header.value);
@@ -104,6 +107,10 @@ pub fn parse(buf: &[u8], request: RequestKind, head: &mut ResponseHead) -> Resul
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encoding = Some(value);
+            for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+                codings += 1;
+                only_chunked &= coding.eq_ignore_ascii_case(b"chunked");
+            }
         } else if name.eq_ignore_ascii_case(b"content-length") {
             lengths = lengths.with(value);
         }
@@ -131,7 +138,14 @@ pub fn parse(buf: &[u8], request: RequestKind, head: &mut ResponseHead) -> Resul
             (None, Lengths::None) => Framing::UntilClose,
         },
     };
-    if head.framing == Framing::UntilClose {
+    // Framed as hyper frames it; relayed only when the coding is `chunked` alone (a `gzip,
+    // chunked` body would reach the client still gzipped, `chunked, chunked` is not allowed).
+    if head.framing == Framing::Chunked && !(codings == 1 && only_chunked) {
+        head.unrelayable_coding = true;
+    }
+    // Both a length and a coding: the coding wins (RFC 9112 §6.3), and the connection, whose
+    // framing the upstream got wrong once, carries nothing more.
+    if head.framing == Framing::UntilClose || (head.has_transfer_encoding && lengths != Lengths::None) {
         head.keep_alive = false;
     }
     Ok(true)
@@ -172,6 +186,31 @@ mod tests {
     }
 
     #[test]
+    fn only_a_lone_chunked_coding_is_relayable() {
+        let relayable = |codings: &str| {
+            let bytes = format!("HTTP/1.1 200 OK\r\n{codings}\r\n\r\n");
+            let mut head = ResponseHead::default();
+            assert_eq!(parse(bytes.as_bytes(), RequestKind::Other, &mut head), Ok(true));
+            !head.unrelayable_coding
+        };
+        assert!(relayable("Transfer-Encoding: chunked"));
+        assert!(relayable("Transfer-Encoding: Chunked "));
+        assert!(!relayable("Transfer-Encoding: gzip, chunked"));
+        assert!(!relayable("Transfer-Encoding: chunked, chunked"));
+        assert!(!relayable("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked"));
+        assert!(!relayable("Transfer-Encoding: gzip"));
+    }
+
+    #[test]
+    fn a_reason_phrase_with_obs_text_reads_as_an_empty_reason() {
+        // httparse hands back a made-up "" for it, not a slice of the input (found by h1_response).
+        let bytes = b"HTTP/1.1 200 \xbdK\r\nContent-Length: 2\r\n\r\nok";
+        let mut head = ResponseHead::default();
+        assert_eq!(parse(bytes, RequestKind::Other, &mut head), Ok(true));
+        assert_eq!((head.status, head.reason.len(), head.framing), (200, 0, Framing::Length(2)));
+    }
+
+    #[test]
     fn response_framing_follows_rfc_9112() {
         use RequestKind::{Head, Other};
         type Case = (&'static [u8], RequestKind, Result<(Framing, bool), ResponseError>);
@@ -184,7 +223,7 @@ mod tests {
             (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
                 Other,
-                Ok((Framing::Chunked, true)),
+                Ok((Framing::Chunked, false)),
             ),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", Other, Ok((Framing::UntilClose, false))),
             (b"HTTP/1.1 200 OK\r\n\r\n", Other, Ok((Framing::UntilClose, false))),
