@@ -53,7 +53,7 @@ pub fn node_inventory_yaml(nodes: &[LabNode]) -> anyhow::Result<String> {
         })
         .collect();
     let list = json!({ "apiVersion": "v1", "kind": "NodeList", "metadata": { "resourceVersion": "" }, "items": items });
-    Ok(serde_yaml::to_string(&list)?)
+    Ok(serde_saphyr::to_string(&list)?)
 }
 
 /// What one node's proxy is configured with.
@@ -86,5 +86,5 @@ pub fn proxy_config_yaml(config: &ProxyConfig<'_>) -> anyhow::Result<String> {
         "timeouts": { "drain": format!("{}s", config.drain_seconds), "shutdown": "10s" },
         "access_log": true,
     });
-    Ok(serde_yaml::to_string(&yaml)?)
+    Ok(serde_saphyr::to_string(&yaml)?)
 }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -11,7 +10,9 @@ use aws_sdk_elasticloadbalancingv2::Client;
 use aws_sdk_elasticloadbalancingv2::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_elasticloadbalancingv2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetGroup};
+use aws_smithy_http_client::tls;
 use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
 use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
 
@@ -44,13 +45,23 @@ pub enum AwsError {
     Other { operation: &'static str, endpoint: String, detail: String },
 }
 
+/// The one HTTPS client of every AWS call: hyper 1 and rustls with ring, the system's trust
+/// roots. (The SDK's default client would bring aws-lc-rs as a second crypto provider.)
+pub fn https_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https()
+}
+
 /// Loads the one SDK config: default credential chain and region (falling back to
 /// `fallback_region`, e.g. the handshake's), explicit retry and timeout policy. The SDK itself
 /// honours `AWS_ENDPOINT_URL`.
 pub async fn load_sdk_config(fallback_region: Option<String>) -> SdkConfig {
-    let region = RegionProviderChain::default_provider().or_else(fallback_region.map(Region::new));
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
+    // The loader's own region chain (environment, profile, IMDS) uses the HTTP client given
+    // here; a chain built outside it would reach for the SDK's default client, which is not
+    // compiled in.
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client())
         // Standard: retries throttling, 5xx and dropped connections with jittered exponential
         // backoff, within a retry quota. Not adaptive: its client-side rate limiter charges a
         // throttled retry 10 tokens from a bucket that then holds about 1, so one Throttling answer
@@ -65,7 +76,11 @@ pub async fn load_sdk_config(fallback_region: Option<String>) -> SdkConfig {
                 .build(),
         )
         .load()
-        .await
+        .await;
+    match fallback_region {
+        Some(region) if sdk.region().is_none() => sdk.into_builder().region(Region::new(region)).build(),
+        _ => sdk,
+    }
 }
 
 /// The ELBv2 calls the provisioner makes. Cheap to clone.

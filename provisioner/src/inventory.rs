@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Node;
-use serde_yaml::Value;
+use serde_json::Value;
 
 /// Why an inventory file could not be used. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -12,14 +12,14 @@ pub enum InventoryError {
     #[error("cannot read the nodes file {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("the nodes file {} is not valid YAML or JSON{}: {message}", path.display(), at(*line, *column))]
-    Syntax { path: PathBuf, line: Option<usize>, column: Option<usize>, message: String },
+    Syntax { path: PathBuf, line: Option<u64>, column: Option<u64>, message: String },
     #[error("the nodes file {} is not a NodeList (expected `kind: List` or `kind: NodeList` with `items`, as `kubectl get nodes -o yaml` prints, or a single Node)", path.display())]
     NotANodeList { path: PathBuf },
     #[error("the nodes file {} has an invalid Node at items[{index}]{}: {message}", path.display(), name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default())]
     BadItem { path: PathBuf, index: usize, name: Option<String>, message: String },
 }
 
-fn at(line: Option<usize>, column: Option<usize>) -> String {
+fn at(line: Option<u64>, column: Option<u64>) -> String {
     match (line, column) {
         (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
         _ => String::new(),
@@ -35,17 +35,17 @@ pub fn load(path: &Path) -> Result<Vec<Node>, InventoryError> {
 
 /// Parses nodes-file text (YAML, or JSON which is YAML too); `path` only names the source.
 pub fn parse(text: &str, path: &Path) -> Result<Vec<Node>, InventoryError> {
-    let doc: Value = serde_yaml::from_str(text).map_err(|e| InventoryError::Syntax {
+    let doc: Value = serde_saphyr::from_str(text).map_err(|e| InventoryError::Syntax {
         path: path.to_owned(),
         line: e.location().map(|l| l.line()),
         column: e.location().map(|l| l.column()),
-        message: e.to_string().split(" at line ").next().unwrap_or_default().to_owned(),
+        message: e.without_snippet().to_string().split(" at line ").next().unwrap_or_default().to_owned(),
     })?;
     let not_a_list = || InventoryError::NotANodeList { path: path.to_owned() };
     let kind = doc.get("kind").and_then(Value::as_str);
     let items: Vec<Value> = match (kind, doc.get("items")) {
         (Some("Node"), _) => vec![doc.clone()],
-        (Some("List" | "NodeList") | None, Some(Value::Sequence(items))) => items.clone(),
+        (Some("List" | "NodeList") | None, Some(Value::Array(items))) => items.clone(),
         (Some("List" | "NodeList") | None, Some(Value::Null)) => Vec::new(),
         _ => return Err(not_a_list()),
     };
@@ -63,7 +63,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Node>, InventoryError> {
             if name.is_none() {
                 return Err(bad("metadata.name is missing".into()));
             }
-            serde_yaml::from_value::<Node>(item.clone()).map_err(|e| bad(e.to_string()))
+            serde_json::from_value::<Node>(item.clone()).map_err(|e| bad(e.to_string()))
         })
         .collect()
 }

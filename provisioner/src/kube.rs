@@ -49,9 +49,6 @@ impl fmt::Display for ServiceRef {
 /// A client from `kubeconfig` when given, else the default chain (KUBECONFIG, ~/.kube/config,
 /// in-cluster).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
-    // Both ring (kube) and aws-lc-rs (AWS SDK) are linked, so rustls cannot choose a provider
-    // by itself and kube's TLS setup would panic. An Err means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let from = kubeconfig.map(|p| p.display().to_string());
     let err = |e: &dyn fmt::Display| KubeError::Config { from: from.clone(), detail: e.to_string() };
     let config = match kubeconfig {

@@ -298,14 +298,23 @@ impl Config {
 
     /// Parses and validates YAML text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| {
-            // serde_yaml's message names the key path and, when it has one, the line and column.
-            let message = e.to_string();
+        // The key path of a bad value (serde_path_to_error), and its line and column (the
+        // YAML parser's), in one line without the source snippet.
+        let mut key = String::new();
+        let config: Config = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                key = e.path().to_string();
+                e.into_inner()
+            })
+        })
+        .map_err(|e| {
+            let message = e.without_snippet().to_string();
             let location = match e.location() {
                 Some(l) if !message.contains("line") => format!(" at line {} column {}", l.line(), l.column()),
                 _ => String::new(),
             };
-            ConfigError { file: path.to_owned(), key: String::new(), problem: format!("{message}{location}") }
+            let key = if key == "." { String::new() } else { key.clone() };
+            ConfigError { file: path.to_owned(), key, problem: format!("{message}{location}") }
         })?;
         config.validate(path)
     }

@@ -31,10 +31,6 @@ const MAX_BATCH: Duration = Duration::from_millis(250);
 
 /// A client from a kubeconfig file, or the in-cluster / `KUBECONFIG` default.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, StartError> {
-    // Built together with the provisioner (the image, a workspace build), rustls has both ring
-    // and aws-lc-rs (from the AWS SDK) and cannot choose a provider by itself: kube's TLS setup
-    // would panic. An Err means a provider is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let err = |e: &dyn std::fmt::Display| StartError::Kubernetes(e.to_string());
     let config = match kubeconfig {
         Some(path) => {

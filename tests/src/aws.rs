@@ -3,7 +3,6 @@
 //! mechanism of their own.
 
 use anyhow::{Context, bail};
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, SdkConfig};
 
 /// The emulator's URL from `AWS_ENDPOINT_URL`, or an error that says how to start one.
@@ -24,8 +23,14 @@ pub fn endpoint_url() -> anyhow::Result<String> {
 /// with us-east-1 when no region is configured: the emulator's data plane only serves there.
 pub async fn sdk_config() -> anyhow::Result<SdkConfig> {
     endpoint_url()?;
-    let region = RegionProviderChain::default_provider().or_else("us-east-1");
-    Ok(aws_config::defaults(BehaviorVersion::latest()).region(region).load().await)
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(gatehouse_provisioner::aws::https_client())
+        .load()
+        .await;
+    Ok(match sdk.region() {
+        Some(_) => sdk,
+        None => sdk.into_builder().region(aws_config::Region::new("us-east-1")).build(),
+    })
 }
 
 /// An ELBv2 client on [`sdk_config`].

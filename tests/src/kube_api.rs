@@ -1134,7 +1134,6 @@ impl FakeApiServer {
     /// # Panics
     /// If kube cannot build a plain-HTTP client, which would be a kube-rs regression.
     pub fn client(&self) -> kube::Client {
-        install_crypto_provider();
         match kube::Client::try_from(self.config()) {
             Ok(client) => client,
             Err(error) => panic!("cannot build a kube client for the fake API server: {error}"),
@@ -1266,14 +1265,6 @@ impl FakeApiServer {
     pub fn request_log(&self) -> Vec<String> {
         self.shared.lock().request_log.iter().cloned().collect()
     }
-}
-
-/// Installs rustls' ring provider as the process default, once. The workspace links both
-/// ring (kube) and aws-lc-rs (AWS SDK), so rustls cannot pick one by itself and kube's client
-/// constructor panics without this. Call it before building a kube client from a kubeconfig.
-pub fn install_crypto_provider() {
-    // An Err only means a provider is already installed, which is what we want.
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 impl Drop for FakeApiServer {
@@ -1445,7 +1436,7 @@ fn serve_resource(
                     (parse_json_body(body)?, false)
                 }
                 "application/apply-patch+yaml" => {
-                    let patch: Value = serde_yaml::from_slice(body)
+                    let patch: Value = serde_saphyr::from_slice(body)
                         .map_err(|e| ApiError::bad_request(format!("the apply patch is not valid YAML: {e}")))?;
                     (patch, true)
                 }

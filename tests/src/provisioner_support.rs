@@ -37,7 +37,7 @@ pub fn endpoint() -> String {
 /// The SDK config the tests use for their own fixture calls (the code under test loads its own).
 pub async fn sdk() -> SdkConfig {
     endpoint();
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    aws_config::defaults(BehaviorVersion::latest()).http_client(gatehouse_provisioner::aws::https_client()).load().await
 }
 
 /// A name unique across test processes and runs: `gh-<pid>-<n>-<time>` (target group names
@@ -144,7 +144,7 @@ impl TargetGroupFixture {
     pub fn write_nodes(&self, nodes: &[Value]) -> PathBuf {
         let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": nodes});
         let path = self.dir.path().join("nodes.yaml");
-        std::fs::write(&path, serde_yaml::to_string(&list).expect("yaml")).expect("write nodes");
+        std::fs::write(&path, serde_saphyr::to_string(&list).expect("yaml")).expect("write nodes");
         path
     }
 

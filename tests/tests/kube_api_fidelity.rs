@@ -484,7 +484,6 @@ async fn fault_hooks_and_kubeconfig() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kubeconfig");
     fake.write_kubeconfig(&path).expect("write kubeconfig");
-    gatehouse_tests::kube_api::install_crypto_provider();
     let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("read kubeconfig");
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("config");
     assert_eq!(config.default_namespace, "default");

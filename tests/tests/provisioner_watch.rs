@@ -19,7 +19,7 @@ use gatehouse_provisioner::metrics::Metrics;
 use gatehouse_provisioner::watch::{self, WatchConfig};
 use gatehouse_tests::fault_proxy::{Call, Fault, FaultProxy, On, When, sdk_via};
 use gatehouse_tests::kube_api::fixtures::{node, service};
-use gatehouse_tests::kube_api::{FakeApiServer, ResourceKind, install_crypto_provider};
+use gatehouse_tests::kube_api::{FakeApiServer, ResourceKind};
 use gatehouse_tests::provisioner_support::{NODE_PORT, TargetGroupFixture, endpoint};
 use k8s_openapi::api::coordination::v1::Lease;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -249,7 +249,6 @@ fn writes(proxy: &FaultProxy) -> Vec<Call> {
 }
 
 fn kube_client(url: &str) -> kube::Client {
-    install_crypto_provider();
     kube::Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("kube client")
 }
 
