@@ -116,10 +116,10 @@ pub fn parse(buf: &[u8], max_head: usize, head: &mut RequestHead) -> Result<bool
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > max_head => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(false),
+        // As hyper: whatever httparse tripped on (a bare CR before it, too), the whole preface
+        // after the leading CR and LF bytes is HTTP/2.
+        Err(_) if skip_empty_lines(buf).starts_with(H2_PREFACE) => return Err(HeadError::Http2Preface),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(httparse::Error::Version) if skip_empty_lines(buf).starts_with(H2_PREFACE) => {
-            return Err(HeadError::Http2Preface);
-        }
         Err(_) => return Err(HeadError::Malformed),
     };
     if len > max_head {
@@ -225,7 +225,12 @@ fn read_target(buf: &[u8], target: Span, head: &mut RequestHead) -> Result<(), H
     // The rare forms: let `http::Uri` judge them exactly as hyper's parser does.
     let uri = http::Uri::try_from(bytes).map_err(|_| HeadError::Malformed)?;
     let Some(authority) = uri.authority() else { return Err(HeadError::Malformed) };
-    let at = find(bytes, authority.as_str().as_bytes()).ok_or(HeadError::Malformed)?;
+    // The authority follows `scheme://`, or starts the target (authority form); found by its
+    // place, not by searching (`vfohttps://o/` holds an `o` before the authority).
+    let at = uri.scheme_str().map_or(0, |scheme| scheme.len() + 3);
+    if bytes.get(at..at + authority.as_str().len()) != Some(authority.as_str().as_bytes()) {
+        return Err(HeadError::Malformed);
+    }
     head.authority =
         Span { start: target.start + at as u32, end: target.start + (at + authority.as_str().len()) as u32 };
     if uri.scheme().is_none() {
@@ -239,10 +244,6 @@ fn read_target(buf: &[u8], target: Span, head: &mut RequestHead) -> Result<(), H
     let start = head.authority.end;
     head.path_and_query = Span { start, end: start + kept as u32 };
     Ok(())
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len().max(1)).position(|w| w == needle)
 }
 
 /// How many bytes of a path-and-query target are kept (all up to a `#`), or `None` when a byte
@@ -377,6 +378,11 @@ mod tests {
         }
         let mut head = RequestHead::default();
         assert_eq!(parse(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 16 * 1024, &mut head), Err(HeadError::Http2Preface));
+        // Found by h1_request: leading CR and LF bytes of any kind are skipped before it.
+        assert_eq!(
+            parse(b"\r\r\n\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 16 * 1024, &mut head),
+            Err(HeadError::Http2Preface)
+        );
         let many: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
         let bytes = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(parse(bytes.as_bytes(), 16 * 1024, &mut head), Err(HeadError::TooLarge));
@@ -397,6 +403,13 @@ mod tests {
         let buf = b"GET http://api.example.com HTTP/1.1\r\n\r\n";
         let head = parsed(buf).unwrap();
         assert_eq!((head.authority(buf), head.path_and_query(buf)), (Some("api.example.com"), ""));
+        // Found by h1_request: the authority is the one after `scheme://`, not the first match.
+        let buf = b"GET vfohttps://o/ws HTTP/1.1\r\n\r\n";
+        let head = parsed(buf).unwrap();
+        assert_eq!(
+            (head.form, head.authority(buf), head.path_and_query(buf)),
+            (TargetForm::Absolute, Some("o"), "/ws")
+        );
         let buf = b"CONNECT api.example.com:443 HTTP/1.1\r\n\r\n";
         let head = parsed(buf).unwrap();
         assert_eq!((head.form, head.authority(buf)), (TargetForm::Authority, Some("api.example.com:443")));
