@@ -84,7 +84,7 @@ def labels(mode, routes):
 
 def closed_table(rows, rss_mib, names):
     out = ["| target | req/s | req/s ×nginx | CPU µs/req | CPU ×nginx | user µs/req | system µs/req "
-           "| peak RSS MiB | errors |", "|---|---|---|---|---|---|---|---|---|"]
+           "| peak RSS MiB | other CPU % | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
     for t in targets(rows, "closed"):
         mine = runs(rows, "closed", t)
         proxy = t != "direct"
@@ -97,6 +97,7 @@ def closed_table(rows, rss_mib, names):
             summary([cpu_us(r, ("user_ticks",)) for r in mine], 1) if proxy else "-",
             summary([cpu_us(r, ("system_ticks",)) for r in mine], 1) if proxy else "-",
             f"{rss_mib[t]:.1f}" if t in rss_mib else "-",
+            summary([100 * r["other"] for r in mine], 0),
             str(int(sum(r["errors"] for r in mine))),
         ]) + " |")
     return out
@@ -104,7 +105,7 @@ def closed_table(rows, rss_mib, names):
 
 def fixed_table(rows, fixed_rate, names):
     out = ["| target | achieved req/s | p50 ms | p99 ms | p99 ×nginx | CPU µs/req | CPU ×nginx "
-           "| load core busy % | errors |", "|---|---|---|---|---|---|---|---|---|"]
+           "| load core busy % | other CPU % | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
     short = []
     for t in targets(rows, "fixed"):
         mine = runs(rows, "fixed", t)
@@ -121,6 +122,7 @@ def fixed_table(rows, fixed_rate, names):
             summary([cpu_us(r) for r in mine], 1) if proxy else "-",
             summary(per_round_ratios(rows, "fixed", t, cpu_us), 2) if proxy else "-",
             summary([100 * r["load_busy"] for r in mine], 0),
+            summary([100 * r["other"] for r in mine], 0),
             str(int(sum(r["errors"] for r in mine))),
         ]) + " |")
     out.append("")
@@ -145,8 +147,10 @@ def report(rows, rss_mib, settings, noise, header_work):
         out += ["", f"Fixed rate: oha at {fixed_rate:,} req/s over {conns} connections, {duration} s a run, "
                 f"{rounds} round(s); latency from when each request was due (coordinated omission corrected).", ""]
         out += fixed_table(rows, fixed_rate, names)
-    out += ["", "Machine noise, per round (steal: /proc/stat; other processes: the machine's CPU time "
-            "minus the proxy's, the backend's and the load generator's):", ""]
+    out += ["", "Other CPU %: what other processes on the machine used during the run, in % of one core "
+            "(the machine's CPU time minus the proxy's, the backend's and the load generator's; "
+            "`direct` leaves the proxy core idle for them).", "",
+            "Machine noise, per round (steal: /proc/stat; other processes as above, the highest run named):", ""]
     out += [f"- {line}" for line in noise]
     if header_work:
         out += ["", "What each proxy forwarded to the backend for `GET /bench/headers` (checked before measuring):", ""]
