@@ -4,6 +4,8 @@
 //! A failed check panics with the input spelt out, which libFuzzer reports as a crash and saves
 //! under `fuzz/artifacts/<target>/`.
 
+pub mod hyper_peer;
+
 use gatehouse_convention::{Edge, Edges, Rejection, Route};
 
 /// The edges every input is routed against: (host as configured, prefix).

@@ -1,9 +1,10 @@
-//! Every way a request can fail, and the one function that turns a failure into a response.
+//! Every way a request can fail, and the one place a failure becomes an answer: a row of
+//! {status, body, whether the connection closes} per failure ([`ProxyError::answer`]).
 
 use gatehouse_convention::Rejection;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::StatusCode;
 
-use crate::body::ResponseBody;
+use crate::h1::request::HeadError;
 use crate::request::HeadRejection;
 
 /// Why the proxy answered a request itself.
@@ -51,16 +52,23 @@ pub enum ProxyError {
     UpstreamProtocol,
     /// The upstream did not accept the connection or answer within its timeout.
     UpstreamTimeout,
+    /// The request head is not HTTP/1 (400).
+    MalformedHead,
+    /// The request head is over `max_header_bytes` or 100 headers (431).
+    HeadTooLarge,
+    /// The request target is over 65,534 bytes (414).
+    TargetTooLong,
 }
 
 /// What the client gets for a failure: one row per error.
-struct Answer {
-    status: StatusCode,
-    body: &'static [u8],
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: &'static [u8],
     /// The connection must not carry another request: the rest of this request's bytes were
     /// not read, or cannot be trusted to end where they say, or the client is to go away.
-    close: bool,
-    allow: Option<&'static str>,
+    pub close: bool,
+    pub allow: Option<&'static str>,
 }
 
 const ROUTED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
@@ -88,10 +96,14 @@ impl ProxyError {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamProtocol => "upstream_protocol_error",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::MalformedHead => "malformed_head",
+            Self::HeadTooLarge => "head_too_large",
+            Self::TargetTooLong => "target_too_long",
         }
     }
 
-    fn answer(self) -> Answer {
+    /// The one classification: what the client gets for this failure.
+    pub fn answer(self) -> Answer {
         let row = |status, body, close| Answer { status, body, close, allow: None };
         match self {
             Self::Rejected(r) => match r.status_code() {
@@ -136,6 +148,22 @@ impl ProxyError {
             Self::UpstreamUnavailable => row(StatusCode::BAD_GATEWAY, b"{\"error\":\"upstream unavailable\"}\n", false),
             Self::UpstreamProtocol => row(StatusCode::BAD_GATEWAY, b"{\"error\":\"upstream protocol error\"}\n", false),
             Self::UpstreamTimeout => row(StatusCode::GATEWAY_TIMEOUT, b"{\"error\":\"upstream timeout\"}\n", false),
+            // What follows a head that could not be read cannot be found either.
+            Self::MalformedHead => row(StatusCode::BAD_REQUEST, b"{\"error\":\"malformed request\"}\n", true),
+            Self::HeadTooLarge => {
+                row(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, b"{\"error\":\"request head too large\"}\n", true)
+            }
+            Self::TargetTooLong => row(StatusCode::URI_TOO_LONG, b"{\"error\":\"request target too long\"}\n", true),
+        }
+    }
+}
+
+impl From<HeadError> for ProxyError {
+    fn from(error: HeadError) -> Self {
+        match error {
+            HeadError::Malformed | HeadError::Http2Preface => Self::MalformedHead,
+            HeadError::TooLarge => Self::HeadTooLarge,
+            HeadError::TargetTooLong => Self::TargetTooLong,
         }
     }
 }
@@ -152,22 +180,6 @@ impl From<HeadRejection> for ProxyError {
             HeadRejection::BadFraming => Self::BadRequestBody,
         }
     }
-}
-
-/// The single place where errors become status codes. Bodies are fixed strings: nothing
-/// about endpoints, Services or internal errors reaches the client.
-pub fn error_response(error: ProxyError) -> Response<ResponseBody> {
-    let answer = error.answer();
-    let mut response = Response::new(ResponseBody::local(answer.body));
-    *response.status_mut() = answer.status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(allow) = answer.allow {
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
-    }
-    if answer.close {
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
 }
 
 #[cfg(test)]
@@ -201,14 +213,16 @@ mod tests {
             (ProxyError::UpstreamUnavailable, 502, false),
             (ProxyError::UpstreamProtocol, 502, false),
             (ProxyError::UpstreamTimeout, 504, false),
+            (ProxyError::MalformedHead, 400, true),
+            (ProxyError::HeadTooLarge, 431, true),
+            (ProxyError::TargetTooLong, 414, true),
         ];
         for (error, status, closes) in cases {
-            let response = error_response(error);
-            assert_eq!(response.status().as_u16(), status, "{error:?}");
-            assert_eq!(response.headers().get(header::CONNECTION).is_some_and(|v| v == "close"), closes, "{error:?}");
+            let answer = error.answer();
+            assert_eq!((answer.status.as_u16(), answer.close), (status, closes), "{error:?}");
         }
         for error in [ProxyError::Connect, ProxyError::Trace, ProxyError::ReadinessMethod] {
-            assert!(error_response(error).headers().contains_key(header::ALLOW), "{error:?}");
+            assert!(error.answer().allow.is_some(), "{error:?}");
         }
     }
 }
