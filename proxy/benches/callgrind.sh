@@ -3,14 +3,16 @@
 # machine, unlike wall-clock CPU time, so it can also guard against regressions in CI.
 #
 #   proxy/benches/callgrind.sh                    # gatehouse, the release build
-#   proxy/benches/callgrind.sh nginx              # nginx as the proxy, for comparison
+#   proxy/benches/callgrind.sh nginx              # nginx as the proxy, the same header work
+#   NGINX_HEADERS=plain proxy/benches/callgrind.sh nginx   # nginx without it (before 2026-12-01)
 #   BUDGET=42000 proxy/benches/callgrind.sh       # exit 1 above 42,000 a request (./run-tests)
 #
 # The proxy runs under valgrind (one worker: TOKIO_WORKER_THREADS=1, or one nginx process)
 # in front of a backend that answers every request as the benchmark's nginx does (`200 ok`,
 # the same headers). A client sends 1,000 warm-up requests, then instructions are counted for
 # exactly REQUESTS (20,000) more, over 10 keep-alive connections: `GET /bench/ok`,
-# `Host: api.example.com`, routed to `/ok` by both proxies.
+# `Host: api.example.com`, routed to `/ok` by both proxies, which do the same header work
+# (lib.sh: X-Forwarded-*, a generated X-Request-Id).
 #
 # Prints "instructions/request"; the profile is left in $WORK/cg.out.1 (callgrind_annotate).
 # Needs valgrind and python3 (and nginx for `nginx`). Everything listens on 127.0.0.1 only.
@@ -35,7 +37,7 @@ esac
 command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 2; }
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() { for p in "${pids[@]}"; do bench_stop "$p"; done; }
 trap cleanup EXIT
 
 # The backend: nginx's answer to `return 200 "ok"`, byte for byte apart from the date.
@@ -71,7 +73,7 @@ else
   # As one process (no master), so that valgrind sees the worker.
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   proxy=127.0.0.1:$port
-  nginx_proxy_config "$proxy" "$backend" "$WORK" off >"$WORK/nginx.conf"
+  nginx_proxy_config "$proxy" "$backend" "$WORK" off "${NGINX_HEADERS:-same}" >"$WORK/nginx.conf"
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
     nginx -e "$WORK/nginx.err" -c "$WORK/nginx.conf" >"$WORK/proxy.log" 2>&1 &
   pids+=($!)

@@ -21,7 +21,7 @@ done
 [ -x "$BIN" ] || { echo "no proxy binary at $BIN: cargo build --release -p gatehouse-proxy" >&2; exit 2; }
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() { for p in "${pids[@]}"; do bench_stop "$p"; done; }
 trap cleanup EXIT
 
 STOP_AFTER=600 python3 "$HERE/tiny_chunks.py" backend >"$WORK/backend.port" &
@@ -40,14 +40,14 @@ gatehouse_pid=$!
 for port in 18281 18284; do wait_for_port "$port"; done
 
 # User + system clock ticks of a process.
-ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+ticks() { local user system; read -r user system < <(bench_cpu_ticks "$1"); echo $((user + system)); }
 hz=$(getconf CLK_TCK)
 
 printf '%-10s %10s  %s\n' proxy "CPU s" "backend received"
 for target in nginx:$nginx_pid:18281 gatehouse:$gatehouse_pid:18284; do
   IFS=: read -r name pid port <<<"$target"
   before=$(ticks "$pid")
-  answer=$(python3 "$HERE/tiny_chunks.py" client "$port" "$CHUNKS")
+  answer=$(timeout 300 python3 "$HERE/tiny_chunks.py" client "$port" "$CHUNKS")
   after=$(ticks "$pid")
   printf '%-10s %10s  %s\n' "$name" "$(python3 -c "print(f'{($after - $before) / $hz:.2f}')")" "${answer#HTTP/1.1 }"
 done
