@@ -62,7 +62,13 @@ kubectl -n gatehouse create configmap gatehouse-handshake --from-file=handshake.
 # the host below, against the same cluster.
 kubectl -n gatehouse scale deployment/gatehouse-provisioner --replicas=0
 kubectl apply -f tests/kind/demo-services.yaml
-kubectl -n gatehouse rollout status daemonset/gatehouse-proxy --timeout=180s
+# The proxies' readiness gate (gatehouse.dev/target-healthy) waits for the provisioner, which
+# registers a node once its proxy's own probe passes: wait for that, sync, then for the rollout.
+for _ in $(seq 90); do
+  [[ -n $(kubectl -n gatehouse get pods -l app.kubernetes.io/name=gatehouse-proxy -o name) ]] && break
+  sleep 2
+done
+kubectl -n gatehouse wait pod -l app.kubernetes.io/name=gatehouse-proxy --for=condition=ContainersReady --timeout=180s
 kubectl rollout status deployment/service-api-hello deployment/service-api-echo --timeout=180s
 
 step "gatehouse-provisioner: plan, sync, plan (ip targets: the kind nodes' InternalIPs)"
@@ -73,6 +79,8 @@ set +e; "$provisioner" plan "${args[@]}"; code=$?; set -e
 [[ $code == 2 ]] || fail "plan should report pending registrations (exit 2), got $code"
 "$provisioner" sync "${args[@]}"
 "$provisioner" plan "${args[@]}" || fail "plan after sync should have nothing to do"
+# sync set each proxy pod's gate from the ALB's health (the emulator's targets are healthy at once).
+kubectl -n gatehouse rollout status daemonset/gatehouse-proxy --timeout=120s
 
 step "requests through each worker's NodePort and through the emulated ALB"
 expect() { # description expected-substring curl-args...
