@@ -7,7 +7,8 @@
 //! Under faults (AWS calls through `gatehouse_tests::fault_proxy`, which records what reached the
 //! emulator): Kubernetes API errors, watch disconnects, a forced re-list and an empty node list
 //! never deregister a node; AWS faults mid-reconcile are retried and never deregister a healthy
-//! node; and when the holder loses the lease to API errors (not a release), the two replicas never
+//! node; a failed reconcile keeps its session, so its retries do not re-read the target group;
+//! and when the holder loses the lease to API errors (not a release), the two replicas never
 //! write at the same time nor undo each other's writes. `sync` under faults: provisioner_faults.rs.
 //! At 1,000 nodes: provisioner_scale.rs; a hung leader: provisioner_leader.rs; the proxy's
 //! readiness and the readiness gate: provisioner_gates.rs.
@@ -253,6 +254,42 @@ async fn aws_faults_mid_reconcile_are_retried_and_never_deregister_a_healthy_nod
         reconciles(&replica, "error"),
         aws.calls().len()
     );
+    replica.shutdown().await;
+    tg.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failed_reconcile_keeps_its_session_and_retries_read_only_target_health() {
+    let tg = TargetGroupFixture::ip().await;
+    let aws = FaultProxy::start(&endpoint()).await;
+    let fake = FakeApiServer::start().await;
+    let _fleet = cluster(&fake, &[("node-a", "10.42.0.11")]);
+    // From the start every DescribeTargetHealth is throttled: the first reconcile (a full one,
+    // as every term begins) opens the session and fails at the health read; so does each retry.
+    aws.inject(On::action("DescribeTargetHealth"), When::Always, Fault::Throttle);
+    let spec = ReplicaSpec {
+        sdk_attempts: Some(1),
+        backoff: gatehouse_provisioner::watch::Backoff {
+            min: Duration::from_millis(200),
+            max: Duration::from_millis(400),
+        },
+        ..ReplicaSpec::new("replica-1")
+    };
+    let replica = Replica::start_via(spec, &tg, &fake.url(), Some(&aws)).await;
+    let started = Instant::now();
+    while reconciles(&replica, "error") < 5 {
+        assert!(started.elapsed() < Duration::from_secs(15), "5 failed reconciles within 15 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let health_reads = aws.calls_of("DescribeTargetHealth").len();
+    let group_reads = aws.calls_of("DescribeTargetGroups").len();
+    assert!(health_reads >= 5, "{health_reads} DescribeTargetHealth attempts");
+    assert_eq!(group_reads, 1, "the target group is read once, not again with each of {health_reads} retries");
+
+    // The throttling ends: the next retry converges, still on the same session.
+    aws.clear();
+    wait_for(&tg, Duration::from_secs(5), "registered after the throttling", |r| r.len() == 1).await;
+    assert_eq!(aws.calls_of("DescribeTargetGroups").len(), 1);
     replica.shutdown().await;
     tg.cleanup().await;
 }

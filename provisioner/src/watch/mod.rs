@@ -291,11 +291,12 @@ impl Controller {
             cancel.cancelled().await;
             tokio::time::sleep(timeout).await;
         };
+        let mut left = work;
         let outcome = tokio::select! {
             biased;
             () = lost => Outcome::Cancelled,
             () = stopping => Outcome::Cancelled,
-            result = self.reconcile(work, shared) => Outcome::Done(result),
+            result = self.reconcile(&mut left, shared) => Outcome::Done(result),
         };
         let result = match outcome {
             Outcome::Done(Err(Error::NotLeader(_))) | Outcome::Cancelled => {
@@ -321,7 +322,9 @@ impl Controller {
                     self.session = None;
                 }
                 self.observed = None;
-                let wait = schedule.failed(work, Instant::now(), &self.config.backoff, random_unit());
+                // What is left of the work is retried: a resync whose session opened has re-read
+                // the target group, so its retries read only the ALB.
+                let wait = schedule.failed(left, Instant::now(), &self.config.backoff, random_unit());
                 self.metrics.reconciled("error", work.as_str());
                 tracing::warn!(error = %e, retry_in = ?wait, "reconcile failed");
             }
@@ -330,13 +333,17 @@ impl Controller {
 
     /// One reconcile: (re)open the session if asked, read target health unless nothing the plan
     /// depends on changed, apply the plan's writes, set the readiness gates. Returns when to
-    /// look again.
-    async fn reconcile(&mut self, work: Work, shared: &Shared) -> Result<Reconciled, Error> {
+    /// look again. `left` starts as the work to do and says, should the reconcile fail, what is
+    /// left of it: once the session is open, no more than [`Work::Alb`].
+    async fn reconcile(&mut self, left: &mut Work, shared: &Shared) -> Result<Reconciled, Error> {
         let view = shared.state().view();
-        let mut work = work;
+        let mut work = *left;
         if work == Work::Full || self.session.is_none() {
             self.session = Some(Session::open(self.aws.clone(), self.config.settings.clone()).await?);
             work = Work::Full;
+            if *left == Work::Full {
+                *left = Work::Alb;
+            }
         }
         let inputs = TargetInputs::of(&view);
         let unchanged = self.last_inputs.as_ref() == Some(&inputs) && self.observed.is_some();
