@@ -55,6 +55,9 @@ pub enum Fault {
     InternalFailure,
     /// Waits this long, then forwards.
     Delay(Duration),
+    /// Forwards at once (the server acts, and answers from what it holds, on arrival), then
+    /// holds the answer this long: what a reader sees is as of when it asked.
+    SlowAnswer(Duration),
     /// Closes the connection without answering. Not forwarded.
     Drop,
     /// Forwards (the server acts on the request), then closes the connection instead of
@@ -388,6 +391,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             call.reached_upstream = true;
             let response = forward(&shared, parts, body).await;
             Ok(model_response(&shared, &action, &params, response).await)
+        }
+        Some(Fault::SlowAnswer(d)) => {
+            call.reached_upstream = true;
+            let response = forward(&shared, parts, body).await;
+            let response = model_response(&shared, &action, &params, response).await;
+            tokio::time::sleep(d).await;
+            Ok(response)
         }
         Some(Fault::DropAfterForward) => {
             call.reached_upstream = true;

@@ -317,8 +317,9 @@ async fn kubernetes_errors_an_empty_node_list_and_a_failed_read_mid_run_never_de
 #[tokio::test]
 async fn two_syncs_at_once_converge_without_flapping() {
     let (tg, proxy) = group().await;
-    // Both runs read the group before either writes; each write direction is throttled once.
-    proxy.inject(On::action("DescribeTargetHealth"), When::Always, Fault::Delay(Duration::from_millis(500)));
+    // Both runs read the group before either writes (each read is answered a second late, as
+    // of when it arrived); each write direction is throttled once.
+    proxy.inject(On::action("DescribeTargetHealth"), When::Always, Fault::SlowAnswer(Duration::from_secs(1)));
     proxy.inject(On::action("DeregisterTargets"), When::Nth(1), Fault::Throttle);
     proxy.inject(On::action("RegisterTargets"), When::Nth(1), Fault::Throttle);
     let (sync, url) = (sync_args(&tg), proxy.url());
