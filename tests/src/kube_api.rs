@@ -7,8 +7,8 @@
 //! has), optimistic concurrency on PUT, the `status` subresource, JSON merge and strategic
 //! merge patches (lists merged by their API merge key, e.g. a pod's conditions by `type`),
 //! deletion that waits for finalizers and a pod's grace period, and chunked newline-delimited
-//! watch streams with bookmarks and `410 Expired` once a resourceVersion has left the bounded
-//! event history.
+//! watch streams with bookmarks and `410 Expired` once events of the watched kind after a
+//! resourceVersion have left the bounded event history.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -142,8 +142,9 @@ impl fmt::Display for ResourceKind {
 /// Tunables of the fake server.
 #[derive(Clone, Debug)]
 pub struct FakeApiOptions {
-    /// How many watch events are kept (across all kinds, like etcd's compaction window).
-    /// A watch from a resourceVersion older than this window gets `410 Expired`.
+    /// How many watch events are kept (across all kinds, like etcd's compaction window). A
+    /// watch from a resourceVersion gets `410 Expired` once an event of its own kind after it
+    /// has left this window (the real server watches from a cache per resource).
     pub history_size: usize,
     /// Interval between BOOKMARK events on watches with `allowWatchBookmarks=true`
     /// (one is always sent right after the watch has caught up).
@@ -350,6 +351,13 @@ struct Store {
     history: VecDeque<HistoryEvent>,
     /// Events up to and including this resourceVersion are gone from the history.
     compacted_through: u64,
+    /// Per kind, the resourceVersion of the last event of that kind dropped from the history:
+    /// the real API server serves watches from a cache per resource, so a flood of Node updates
+    /// does not expire a watch on Pods.
+    compacted_by_kind: HashMap<ResourceKind, u64>,
+    /// Set by a full compaction ([`FakeApiServer::compact_history`]): every kind's events up to
+    /// here are gone.
+    compacted_all: u64,
     history_size: usize,
     injected_errors: HashMap<ResourceKind, VecDeque<u16>>,
     watch_requests: HashMap<ResourceKind, u64>,
@@ -368,6 +376,8 @@ impl Store {
             resource_version: 1,
             history: VecDeque::new(),
             compacted_through: 0,
+            compacted_by_kind: HashMap::new(),
+            compacted_all: 0,
             history_size: history_size.max(1),
             injected_errors: HashMap::new(),
             watch_requests: HashMap::new(),
@@ -396,6 +406,7 @@ impl Store {
         while self.history.len() > self.history_size {
             if let Some(dropped) = self.history.pop_front() {
                 self.compacted_through = dropped.resource_version;
+                self.compacted_by_kind.insert(dropped.key.kind, dropped.resource_version);
             }
         }
         object
@@ -404,6 +415,12 @@ impl Store {
     fn compact(&mut self) {
         self.history.clear();
         self.compacted_through = self.resource_version;
+        self.compacted_all = self.resource_version;
+    }
+
+    /// A watch of `kind` from a resourceVersion below this has missed events: 410 Expired.
+    fn watch_expired_below(&self, kind: ResourceKind) -> u64 {
+        self.compacted_by_kind.get(&kind).copied().unwrap_or(0).max(self.compacted_all)
     }
 
     fn create(
@@ -1852,12 +1869,11 @@ fn start_watch(
         *store.open_watches.entry(kind).or_default() += 1;
         match from_version {
             Some(version) if !send_initial_events => {
-                if version < store.compacted_through {
+                let expired_below = store.watch_expired_below(kind);
+                if version < expired_below {
                     // Like the real server: 200, then one ERROR event, then the end.
-                    let gone = ApiError::expired(format!(
-                        "too old resource version: {version} ({})",
-                        store.compacted_through + 1
-                    ));
+                    let gone =
+                        ApiError::expired(format!("too old resource version: {version} ({})", expired_below + 1));
                     session.queue.push_back(event_line("ERROR", &gone.to_status()));
                     session.finished = true;
                 }
@@ -1913,13 +1929,10 @@ impl WatchSession {
         self.version_rx.borrow_and_update();
         let shared = self.shared.clone();
         let store = shared.lock();
-        if self.cursor < store.compacted_through {
-            // This watcher fell behind the history window.
-            let gone = ApiError::expired(format!(
-                "too old resource version: {} ({})",
-                self.cursor,
-                store.compacted_through + 1
-            ));
+        let expired_below = store.watch_expired_below(self.kind);
+        if self.cursor < expired_below {
+            // This watcher fell behind the history window of its kind.
+            let gone = ApiError::expired(format!("too old resource version: {} ({})", self.cursor, expired_below + 1));
             self.queue.push_back(event_line("ERROR", &gone.to_status()));
             self.finished = true;
             return;

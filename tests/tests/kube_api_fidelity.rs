@@ -193,7 +193,7 @@ async fn selectors_and_pagination() {
 }
 
 /// What a watcher event says, reduced to comparable text.
-fn describe(event: &watcher::Event<Node>) -> String {
+fn describe<K: Resource>(event: &watcher::Event<K>) -> String {
     match event {
         watcher::Event::Init => "init".into(),
         watcher::Event::InitApply(n) => format!("init-apply {}", n.name_any()),
@@ -292,6 +292,24 @@ async fn expired_resource_version_makes_the_watcher_relist() {
     assert_eq!(relisted, ["init", "init-apply n1", "init-apply n2", "init-apply n3", "init-apply n4", "init-done"]);
     fake.apply_resource(&node("n5", "127.0.0.15").build()).expect("apply");
     assert_eq!(describe(&next(&mut events, "a change after the re-list").await.expect("event")), "apply n5 ");
+}
+
+#[tokio::test]
+async fn a_flood_of_one_kind_does_not_expire_the_watches_of_another() {
+    // The real API server serves watches from a cache per resource: Node heartbeats do not push
+    // a Service watch out of its window.
+    let fake = FakeApiServer::start_with(FakeApiOptions { history_size: 2, ..Default::default() }).await;
+    fake.apply_resource(&service("default", "a").build()).expect("apply");
+    let mut events = watcher(Api::<Service>::all(fake.client()), watcher::Config::default()).boxed();
+    for expected in ["init", "init-apply a", "init-done"] {
+        assert_eq!(describe(&next(&mut events, "initial list").await.expect("event")), expected);
+    }
+    for name in ["n1", "n2", "n3", "n4"] {
+        fake.apply_resource(&node(name, "127.0.0.12").build()).expect("apply");
+    }
+    fake.apply_resource(&service("default", "b").build()).expect("apply");
+    assert_eq!(describe(&next(&mut events, "the next Service").await.expect("event")), "apply b ");
+    assert_eq!(fake.watch_requests(ResourceKind::Service), 1, "watched on, no 410 and no re-list");
 }
 
 #[tokio::test]
