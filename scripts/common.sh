@@ -56,7 +56,7 @@ require_tools() {
   while read -r tool how; do
     command -v "$tool" >/dev/null 2>&1 || fail "'$tool' is not installed; $how"
   done <<'TOOLS'
-cargo install Rust 1.88+ with rustup (https://rustup.rs)
+cargo install Rust 1.94.1+ with rustup (https://rustup.rs)
 python3 install Python 3.10+ with venv (apt-get install python3 python3-venv)
 curl apt-get install curl
 terraform install Terraform 1.7+ (https://developer.hashicorp.com/terraform/install)

@@ -4,6 +4,8 @@
 //! A failed check panics with the input spelt out, which libFuzzer reports as a crash and saves
 //! under `fuzz/artifacts/<target>/`.
 
+pub mod hyper_peer;
+
 use gatehouse_convention::{Edge, Edges, Rejection, Route};
 
 /// The edges every input is routed against: (host as configured, prefix).
@@ -73,6 +75,38 @@ pub fn host_names(host: &str, edge_host: &str) -> bool {
         Some((b':', port)) => !port.contains(&b':'),
         Some(_) => false,
     }
+}
+
+/// Whether a `Host` value (or an authority) has the shape an ALB's host rules read: a name of
+/// non-empty labels with at most one trailing dot, or a bracketed IPv6 literal, then nothing or
+/// `:` and a port of 1-5 digits up to 65535. Nothing else may route: `a.example.com:b.example.com`
+/// or `a.example.com..` would be read as different hosts by different hops.
+pub fn is_well_formed_host(host: &str) -> bool {
+    let (name_ok, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else { return false };
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+        };
+        (!literal.is_empty() && literal.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.'), port)
+    } else {
+        let (name, port) = match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let label_ok = |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || "-_~".contains(c));
+        (!name.is_empty() && name.split('.').all(label_ok), port)
+    };
+    name_ok
+        && port.is_none_or(|p| {
+            (1..=5).contains(&p.len())
+                && p.chars().all(|c| c.is_ascii_digit())
+                && p.parse::<u32>().is_ok_and(|n| n <= 65535)
+        })
 }
 
 /// The path part of an origin-form target and its query (from the first `?`, `?` included).
@@ -215,6 +249,11 @@ pub fn self_test() {
     assert!(host_names("API.example.com.:8443", "api.example.com"));
     assert!(!host_names("api.example.com.evil", "api.example.com"));
     assert!(!host_names("api.example.com:1:2", "api.example.com"));
+    assert!(is_well_formed_host("api.example.com.:8443") && is_well_formed_host("[::1]:80"));
+    assert!(!is_well_formed_host("a.example.com:b.example.com") && !is_well_formed_host("a.example.com.."));
+    assert!(
+        !is_well_formed_host("a.example.com:65536") && !is_well_formed_host("a..b") && !is_well_formed_host("[::1]x")
+    );
     assert!(has_dot_segment_any_depth("/a/%25252e%25252E/b"));
     assert!(!has_dot_segment_any_depth("/a/%2525252e%2525252e/b"));
     assert!(has_dot_segment_any_depth("/a\\..\\b"));

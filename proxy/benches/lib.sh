@@ -34,6 +34,8 @@ http {
   client_body_temp_path $work/nginx-tmp/body; proxy_temp_path $work/nginx-tmp/proxy;
   fastcgi_temp_path $work/nginx-tmp/fcgi; uwsgi_temp_path $work/nginx-tmp/uwsgi; scgi_temp_path $work/nginx-tmp/scgi;
   access_log off; keepalive_requests 1000000; keepalive_timeout 75s;
+  # No body limit (gatehouse has none by default either): tiny_chunks.sh sends 6 MB.
+  client_max_body_size 0;
   upstream backend { server $backend; keepalive 128; keepalive_requests 1000000; }
   server { listen $listen backlog=4096 default_server; return 404; }
   server {

@@ -1,197 +1,180 @@
-//! Body types: the request body sent upstream (length-limited, with a read timeout)
-//! and the response body (the upstream's, streamed, or a short local answer).
+//! The client's request body as the proxy reads it: framed by its head (a length, or chunked),
+//! decoded, counted against `limits.max_body_bytes`, and timed by `timeouts.body_read` (the
+//! longest pause) and `limits.min_body_rate` (after a grace of `body_read`, Apache
+//! `mod_reqtimeout`'s rule: the allowance grows by one second per `min_body_rate` bytes).
+//!
+//! [`ClientBody::take`] is pure: it moves body data from the bytes already read into a buffer
+//! of decoded data, leaving whatever follows the body (the next pipelined request) unread. The
+//! connection reads more with [`ClientBody::deadline`].
 
-use std::error::Error;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::error::ProxyError;
-use crate::upstream::PooledBody;
+use crate::h1::Framing;
+use crate::h1::chunked::ChunkedDecoder;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Why the client's body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// The body grew past `limits.max_body_bytes`.
+    TooLarge,
+    /// The client paused longer than `timeouts.body_read` between two pieces of its body.
+    Stalled,
+    /// The body arrived slower than `limits.min_body_rate` allows.
+    TooSlow,
+    /// Malformed chunked framing, or the client went away in the middle of its body.
+    Malformed,
+}
 
-/// The request body grew past `limits.max_body_bytes`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body is larger than the configured limit")]
-pub struct BodyTooLarge;
-
-/// The client paused longer than `timeouts.body_read` between two pieces of its body.
-#[derive(Debug, thiserror::Error)]
-#[error("the client sent no request body data within the body read timeout")]
-pub struct BodyReadTimeout;
-
-/// Reading the client's body failed: malformed chunked framing, or the client went away.
-#[derive(Debug, thiserror::Error)]
-#[error("reading the request body from the client failed")]
-pub struct ClientBodyError(#[source] hyper::Error);
-
-/// When an upstream exchange failed because of the client's body (somewhere in the error's
-/// source chain), what the client gets instead of a 502: the upstream is not at fault.
-pub fn client_fault(error: &(dyn Error + 'static)) -> Option<ProxyError> {
-    if error.is::<BodyTooLarge>() {
-        Some(ProxyError::BodyTooLarge)
-    } else if error.is::<BodyReadTimeout>() {
-        Some(ProxyError::BodyReadTimeout)
-    } else if error.is::<ClientBodyError>() {
-        Some(ProxyError::BadRequestBody)
-    } else {
-        None
+impl From<BodyFault> for ProxyError {
+    fn from(fault: BodyFault) -> Self {
+        match fault {
+            BodyFault::TooLarge => Self::BodyTooLarge,
+            BodyFault::Stalled => Self::BodyReadTimeout,
+            BodyFault::TooSlow => Self::BodyTooSlow,
+            BodyFault::Malformed => Self::BadRequestBody,
+        }
     }
 }
 
-/// A client's request body on its way upstream.
-///
-/// Streams without buffering. Counts bytes against the body limit (a chunked body has no
-/// length to check up front). While it waits for the client (not while the upstream is slow
-/// to take what was read), a timer runs: `read_timeout` without a byte ends the body with
-/// [`BodyReadTimeout`], which aborts the upstream request.
+/// The rules for reading a client's body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRules {
+    /// `limits.max_body_bytes`.
+    pub limit: Option<u64>,
+    /// `timeouts.body_read`: the longest pause between two pieces, and the grace before the
+    /// rate counts.
+    pub gap: Duration,
+    /// `limits.min_body_rate` in bytes per second; 0 for none.
+    pub min_rate: u64,
+}
+
 #[derive(Debug)]
-pub struct RequestBody {
-    inner: Option<Incoming>,
-    remaining: u64,
-    read_timeout: Duration,
-    /// Armed when the client's next piece is awaited; made on the first wait and reused.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    waiting: bool,
-    /// Told when the last byte has been handed upstream (or the body failed): the request
-    /// timeout starts then.
-    on_end: Option<oneshot::Sender<()>>,
+enum Remaining {
+    Length(u64),
+    Chunked(Box<ChunkedDecoder>),
+    Done,
 }
 
-impl RequestBody {
-    /// An empty body (GET and friends).
-    pub fn empty() -> Self {
-        Self {
-            inner: None,
-            remaining: u64::MAX,
-            read_timeout: Duration::MAX,
-            stall: None,
-            waiting: false,
-            on_end: None,
+/// A request body being read.
+#[derive(Debug)]
+pub struct ClientBody {
+    remaining: Remaining,
+    rules: BodyRules,
+    started: Instant,
+    received: u64,
+}
+
+impl ClientBody {
+    /// The body a head framed; `max_trailer_bytes` bounds a chunked body's trailer section.
+    pub fn new(framing: Framing, rules: BodyRules, max_trailer_bytes: usize) -> Self {
+        let remaining = match framing {
+            Framing::Empty | Framing::UntilClose => Remaining::Done,
+            Framing::Length(n) => Remaining::Length(n),
+            Framing::Chunked => Remaining::Chunked(Box::new(ChunkedDecoder::new(max_trailer_bytes))),
+        };
+        Self { remaining, rules, started: Instant::now(), received: 0 }
+    }
+
+    /// Whether the whole body has been read.
+    pub fn is_done(&self) -> bool {
+        matches!(self.remaining, Remaining::Done)
+    }
+
+    /// The rest of a sized body still to come (`None` when chunked).
+    pub fn remaining_length(&self) -> Option<u64> {
+        match self.remaining {
+            Remaining::Length(n) => Some(n),
+            Remaining::Done => Some(0),
+            Remaining::Chunked(_) => None,
         }
     }
 
-    /// A client's body, and what resolves once it has all gone upstream (or failed; the
-    /// receiver also resolves when the body is dropped).
-    pub fn new(inner: Incoming, limit: Option<u64>, read_timeout: Duration) -> (Self, oneshot::Receiver<()>) {
-        let (on_end, ended) = oneshot::channel();
-        let remaining = limit.unwrap_or(u64::MAX);
-        let body =
-            Self { inner: Some(inner), remaining, read_timeout, stall: None, waiting: false, on_end: Some(on_end) };
-        (body, ended)
-    }
-
-    fn ended(&mut self) {
-        if let Some(on_end) = self.on_end.take() {
-            let _ = on_end.send(());
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
-        let Poll::Ready(polled) = Pin::new(inner).poll_frame(cx) else {
-            if !this.waiting {
-                this.waiting = true;
-                let now = tokio::time::Instant::now();
-                // A timeout of years is as good as none, and must not overflow the clock.
-                let deadline = now.checked_add(this.read_timeout).unwrap_or(now + Duration::from_secs(1 << 30));
-                match &mut this.stall {
-                    Some(stall) => stall.as_mut().reset(deadline),
-                    None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+    /// Moves the body data at the start of `input` (bytes read after the head) to the end of
+    /// `out`, decoded; returns how much of `input` it consumed (what follows the body stays).
+    pub fn take(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, BodyFault> {
+        let (consumed, data) = match &mut self.remaining {
+            Remaining::Done => return Ok(0),
+            Remaining::Length(left) => {
+                let take = usize::try_from(*left).unwrap_or(usize::MAX).min(input.len());
+                out.extend_from_slice(&input[..take]);
+                *left -= take as u64;
+                if *left == 0 {
+                    self.remaining = Remaining::Done;
                 }
+                (take, take)
             }
-            if let Some(stall) = &mut this.stall
-                && stall.as_mut().poll(cx).is_ready()
-            {
-                this.ended();
-                return Poll::Ready(Some(Err(Box::new(BodyReadTimeout))));
-            }
-            return Poll::Pending;
-        };
-        this.waiting = false;
-        let frame = match polled {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
-                this.ended();
-                return Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))));
-            }
-            None => {
-                this.ended();
-                return Poll::Ready(None);
+            Remaining::Chunked(decoder) => {
+                let before = out.len();
+                let decoded =
+                    decoder.decode(input, |data| out.extend_from_slice(data)).map_err(|_| BodyFault::Malformed)?;
+                if decoded.done {
+                    self.remaining = Remaining::Done;
+                }
+                (decoded.consumed, out.len() - before)
             }
         };
-        if let Some(data) = frame.data_ref() {
-            let len = data.len() as u64;
-            if len > this.remaining {
-                this.ended();
-                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
-            }
-            this.remaining -= len;
+        self.received += data as u64;
+        if self.rules.limit.is_some_and(|limit| self.received > limit) {
+            return Err(BodyFault::TooLarge);
         }
-        // hyper stops polling a body with a known length once it says it has ended.
-        if this.inner.as_ref().is_none_or(Body::is_end_stream) {
-            this.ended();
-        }
-        Poll::Ready(Some(Ok(frame)))
+        Ok(consumed)
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    /// Until when the client may take to send more, and which rule that deadline enforces.
+    pub fn deadline(&self) -> (Instant, BodyFault) {
+        let gap = crate::io::deadline_in(self.rules.gap);
+        if self.rules.min_rate == 0 {
+            return (gap, BodyFault::Stalled);
+        }
+        let allowance = self.rules.gap + Duration::from_secs_f64(self.received as f64 / self.rules.min_rate as f64);
+        let rate = self.started.checked_add(allowance).unwrap_or_else(crate::io::far_future);
+        if rate < gap { (rate.max(Instant::now()), BodyFault::TooSlow) } else { (gap, BodyFault::Stalled) }
     }
 }
 
-/// What the client receives: the upstream's body as it arrives, or a short local answer.
-#[derive(Debug)]
-pub enum ResponseBody {
-    Upstream(PooledBody),
-    Local(Option<Bytes>),
-}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
 
-impl ResponseBody {
-    pub fn local(bytes: &'static [u8]) -> Self {
-        Self::Local(Some(Bytes::from_static(bytes)))
-    }
-}
+    const RULES: BodyRules = BodyRules { limit: Some(10), gap: Duration::from_secs(10), min_rate: 0 };
 
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            Self::Upstream(body) => Pin::new(body).poll_frame(cx),
-            Self::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-        }
+    #[test]
+    fn a_sized_body_takes_its_length_and_leaves_the_next_request() {
+        let mut body = ClientBody::new(Framing::Length(5), RULES, 1024);
+        let mut out = Vec::new();
+        assert_eq!(body.take(b"hel", &mut out), Ok(3));
+        assert!(!body.is_done());
+        assert_eq!(body.take(b"loGET /", &mut out), Ok(2));
+        assert!(body.is_done());
+        assert_eq!(out, b"hello");
     }
 
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Upstream(body) => body.is_end_stream(),
-            Self::Local(bytes) => bytes.is_none(),
-        }
+    #[test]
+    fn a_chunked_body_is_decoded_and_limited() {
+        let mut body = ClientBody::new(Framing::Chunked, RULES, 1024);
+        let mut out = Vec::new();
+        let input = b"5\r\nhello\r\n0\r\n\r\nnext";
+        assert_eq!(body.take(input, &mut out), Ok(input.len() - 4));
+        assert!(body.is_done());
+        assert_eq!(out, b"hello");
+        let mut body = ClientBody::new(Framing::Chunked, RULES, 1024);
+        assert_eq!(body.take(b"b\r\nhello world\r\n", &mut Vec::new()), Err(BodyFault::TooLarge));
+        let mut body = ClientBody::new(Framing::Chunked, RULES, 1024);
+        assert_eq!(body.take(b"zz\r\n", &mut Vec::new()), Err(BodyFault::Malformed));
     }
 
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Upstream(body) => body.size_hint(),
-            Self::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-        }
+    #[test]
+    fn the_minimum_rate_deadline_grows_with_the_bytes_received() {
+        let rules = BodyRules { limit: None, gap: Duration::from_secs(10), min_rate: 100 };
+        let mut body = ClientBody::new(Framing::Length(10_000), rules, 1024);
+        let (first, _) = body.deadline();
+        body.take(&[0u8; 1000], &mut Vec::new()).unwrap();
+        let (later, _) = body.deadline();
+        // 1,000 bytes at 100 bytes/s: ten more seconds of allowance, capped by the gap.
+        assert!(later >= first);
     }
 }

@@ -30,6 +30,10 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub forwarded: Forwarded,
+    #[serde(default)]
+    pub headers: Headers,
+    #[serde(default)]
+    pub pool: Pool,
     /// One JSON line per request on stdout.
     #[serde(default = "default_true")]
     pub access_log: bool,
@@ -93,6 +97,15 @@ pub struct Timeouts {
     /// sends just as the proxy closes would otherwise become a 502.
     #[serde(with = "humantime_serde")]
     pub client_idle: Duration,
+    /// Once the upstream's response head has arrived: the longest gap between two pieces of
+    /// its body (nginx's `proxy_read_timeout`). Beyond it the response is cut off: the client
+    /// sees a body that ends short and a closed connection, never a complete-looking answer.
+    #[serde(with = "humantime_serde")]
+    pub upstream_read: Duration,
+    /// The longest a client may leave response bytes unread (nginx's `send_timeout`): beyond
+    /// it the exchange is cut off and both connections closed.
+    #[serde(with = "humantime_serde")]
+    pub client_write: Duration,
     /// Idle time after which pooled upstream connections are closed.
     #[serde(with = "humantime_serde")]
     pub idle: Duration,
@@ -113,6 +126,8 @@ impl Default for Timeouts {
             body_read: Duration::from_secs(10),
             // nginx's keepalive_timeout default; 15 s above the ALB's default idle timeout.
             client_idle: Duration::from_secs(75),
+            upstream_read: Duration::from_secs(60),
+            client_write: Duration::from_secs(60),
             idle: Duration::from_secs(60),
             drain: Duration::from_secs(15),
             shutdown: Duration::from_secs(30),
@@ -127,17 +142,31 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest request body; beyond it: 413. Unset: no limit.
     pub max_body_bytes: Option<u64>,
+    /// Request bodies up to this size are read completely before an upstream is chosen, as
+    /// nginx does: a slow client holds no upstream connection, a malformed body never reaches
+    /// one, and the upstream gets a `Content-Length`. Larger bodies stream. 0: always stream.
+    pub body_buffer_bytes: usize,
+    /// A request body must arrive at this average rate, in bytes per second, after a grace of
+    /// `timeouts.body_read` (Apache's `mod_reqtimeout` rule: the allowance grows by one second
+    /// per `min_body_rate` bytes received); beyond it: 408 and close. 0: no rate is required.
+    pub min_body_rate: u64,
     /// Open client connections; beyond it a new connection is answered 503 and closed.
     pub max_connections: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_header_bytes: 16 * 1024, max_body_bytes: None, max_connections: 10_000 }
+        Self {
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: None,
+            body_buffer_bytes: 64 * 1024,
+            min_body_rate: 500,
+            max_connections: 10_000,
+        }
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Forwarded {
     /// How many proxies in front of this one are trusted to write `X-Forwarded-*` (1 behind
@@ -145,6 +174,83 @@ pub struct Forwarded {
     /// anything before them (which the client could have written) is dropped; with 0 the
     /// incoming `X-Forwarded-*` headers are replaced entirely.
     pub trusted_hops: usize,
+    /// Which forwarding headers those hops write, and so may be kept from them. The default is
+    /// what an ALB writes (its documentation: `X-Forwarded-For`, `-Proto`, `-Port`); every other
+    /// one the client sent is replaced (`X-Forwarded-Host` from `Host`) or removed (`Forwarded`,
+    /// `X-Real-IP`).
+    pub trusted_headers: Vec<TrustedHeader>,
+}
+
+impl Default for Forwarded {
+    fn default() -> Self {
+        Self {
+            trusted_hops: 0,
+            trusted_headers: vec![
+                TrustedHeader::XForwardedFor,
+                TrustedHeader::XForwardedProto,
+                TrustedHeader::XForwardedPort,
+            ],
+        }
+    }
+}
+
+/// A forwarding header a trusted hop may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TrustedHeader {
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    #[serde(rename = "x-forwarded-proto")]
+    XForwardedProto,
+    #[serde(rename = "x-forwarded-port")]
+    XForwardedPort,
+    #[serde(rename = "x-forwarded-host")]
+    XForwardedHost,
+    #[serde(rename = "forwarded")]
+    Forwarded,
+    #[serde(rename = "x-real-ip")]
+    XRealIp,
+}
+
+/// The upstream connection pool.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pool {
+    /// What becomes of a connection that carried a request body, once its exchange is over.
+    pub after_body: AfterBody,
+}
+
+/// A connection that carried a request body, once the exchange is complete.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterBody {
+    /// Reused by the pool's rules: the body went out whole before the response head came, and
+    /// the answer was not an error (see the README's reliability section).
+    #[default]
+    Reuse,
+    /// Closed: for upstreams that may answer 2xx without reading a body (the "CL.0" desync
+    /// class), at the price of a new connection per request with a body.
+    Close,
+}
+
+/// Rules for the request headers the proxy forwards.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Headers {
+    /// What becomes of request header names with `_`.
+    pub underscores: Underscores,
+}
+
+/// Request header names with `_`: CGI-style servers (WSGI, Rack, PHP) fold `-` and `_`
+/// together, so `X_Forwarded_For` would merge with the proxy's own `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Underscores {
+    /// Every name with `_` is dropped (nginx's default, `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// Kept, except a name that folds to one the proxy owns (`X_Forwarded_For`, `X_Request_Id`,
+    /// ...), which is always dropped.
+    Keep,
 }
 
 fn default_true() -> bool {
@@ -233,6 +339,8 @@ impl Config {
             ("header_read", self.timeouts.header_read),
             ("body_read", self.timeouts.body_read),
             ("client_idle", self.timeouts.client_idle),
+            ("upstream_read", self.timeouts.upstream_read),
+            ("client_write", self.timeouts.client_write),
             ("idle", self.timeouts.idle),
         ] {
             if d.is_zero() {

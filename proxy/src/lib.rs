@@ -3,12 +3,31 @@
 //! A request for `api.example.com/foo/bar` goes to the Kubernetes Service `service-api-foo`
 //! (see `gatehouse-convention`), on one of its ready endpoints, with the path `/bar`.
 //!
+//! One task per client connection does everything for it: it parses each request head with
+//! the proxy's own HTTP/1 codec, takes it through the phases, drives the upstream connection
+//! itself and relays the answer. Modules, in the order a request meets them (an arrow is a
+//! use; nothing uses a module above it, so there are no cycles):
+//!
 //! ```text
-//! accept (max_connections) -> hyper http1 (header limits, header read timeout, upgrades)
-//!   -> proxy::handle: readiness | convention route -> route table (ArcSwap, O(1))
-//!      -> endpoint (round-robin) -> own keep-alive pool on hyper's conn::http1 (connect/request timeouts,
-//!         one retry elsewhere when the connection could not be made) -> streamed response
-//!   errors -> error::error_response (the only status mapping)
+//! listener     accept, max_connections (503 + close)            -> connection
+//! connection   request heads in turn; client timers; keep-alive -> client, phases, forward, h1
+//! client       the client socket's buffers, local answers, body skipping, close -> io, body
+//! phases       1 request_filter: head checks, readiness, route  -> request, table, headers
+//!              2 upstream_request_filter: the upstream's head    -> headers
+//! forward      3 request body: small ones whole, large streamed  -> client, body, upstream, h1
+//!              4 upstream_peer: endpoint, pool, one retry
+//!              5 the response: head (headers::write_client_head), body relayed
+//! error        6 fail to proxy: one row of {status, body, close} per failure
+//! phases       7 logging: metrics and the access log line
+//! ---------------------------------------------------------------------------------------
+//! h1           the codec: request and response heads, chunked, Date (pure)
+//! request      host and method rules, then the convention's route (pure)
+//! headers      header rules and head writers (pure)
+//! body         the client body's framing, limit and timers
+//! upstream     the pool of upstream connections and the reuse rule
+//! io           reads and writes with deadlines on reused buffers
+//! table        the route table (ArcSwap snapshot), filled by kubernetes or the static config
+//! admin        /healthz, /metrics, /routes (axum, on its own listener)
 //! ```
 //!
 //! Tests run it in-process: [`Proxy::bind`] with `listen: 127.0.0.1:0`, then
@@ -16,15 +35,19 @@
 
 pub mod admin;
 pub mod body;
-mod client_idle;
+mod client;
 pub mod config;
+mod connection;
 pub mod error;
+mod forward;
+pub mod h1;
 pub mod headers;
+mod io;
 pub mod kubernetes;
+mod listener;
 pub mod metrics;
-pub mod proxy;
+pub mod phases;
 pub mod request;
-mod server;
 pub mod table;
 mod upstream;
 
@@ -40,26 +63,42 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::config::{Config, ConfigError, Settings};
-use crate::config::{Forwarded, Limits, Timeouts};
+use crate::config::{Forwarded, Headers, Limits, Timeouts};
 use crate::headers::RequestIds;
 use crate::metrics::Metrics;
 use crate::table::RouteTable;
 use crate::upstream::Upstream;
 
-/// State shared by the listeners, the handler and discovery.
+/// State shared by the listener, the connections and discovery, split by what it is: the route
+/// table (swapped by discovery), the validated settings the request path reads, the runtime
+/// flags that change while it serves, and the services it uses (metrics, the pool, ids).
 #[derive(Debug)]
 pub struct Shared {
     /// The current route table; discovery swaps in a new one, requests never wait.
     pub table: ArcSwap<RouteTable>,
-    pub(crate) upstream: Upstream,
     pub metrics: Metrics,
+    pub(crate) settings: RequestSettings,
+    pub(crate) runtime: Runtime,
+    pub(crate) upstream: Upstream,
     pub(crate) request_ids: RequestIds,
+}
+
+/// The validated configuration the request path reads; fixed while the proxy runs.
+#[derive(Debug)]
+pub(crate) struct RequestSettings {
     pub(crate) access_log: bool,
     pub(crate) limits: Limits,
     pub(crate) forwarded: Forwarded,
+    pub(crate) headers: Headers,
     pub(crate) timeouts: Timeouts,
     /// `1.1 <pseudonym>` for the `Via` header, when configured.
-    pub(crate) via: Option<http::HeaderValue>,
+    pub(crate) via: Option<Vec<u8>>,
+}
+
+/// What changes while the proxy serves: readiness, the open connections, the tasks shutdown
+/// waits for.
+#[derive(Debug, Default)]
+pub(crate) struct Runtime {
     /// Set on SIGTERM: readiness fails from then on.
     draining: AtomicBool,
     /// Discovery has delivered a complete first view.
@@ -73,20 +112,20 @@ pub struct Shared {
 impl Shared {
     /// Ready means: discovery has synced once and no drain has started.
     pub fn is_ready(&self) -> bool {
-        self.synced.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+        self.runtime.synced.load(Ordering::Relaxed) && !self.runtime.draining.load(Ordering::Relaxed)
     }
 
     /// Installs a new route table.
     pub fn set_table(&self, table: RouteTable) {
         self.metrics.routes.set(table.route_count() as i64);
         self.table.store(Arc::new(table));
-        self.synced.store(true, Ordering::Relaxed);
+        self.runtime.synced.store(true, Ordering::Relaxed);
     }
 
     /// Runs a task that shutdown waits for (bounded) and cuts after the bound.
     pub(crate) fn spawn_tracked(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let guard = self.tasks.guard();
-        let kill = self.kill.clone();
+        let guard = self.runtime.tasks.guard();
+        let kill = self.runtime.kill.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = task => {}
@@ -176,7 +215,7 @@ impl Proxy {
         let traffic_addr = traffic.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
         let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: config.admin_listen, source })?;
 
-        let upstream = Upstream::new(config.timeouts.connect, config.timeouts.idle);
+        let upstream = Upstream::new(&config.timeouts, &config.pool);
         upstream.spawn_evictor();
 
         let shared = Arc::new(Shared {
@@ -184,17 +223,16 @@ impl Proxy {
             upstream,
             metrics: Metrics::new(),
             request_ids: RequestIds::new(),
-            access_log: config.access_log,
-            limits: config.limits.clone(),
-            forwarded: config.forwarded.clone(),
-            timeouts: config.timeouts.clone(),
-            // Validated as a token by the config, so it is always a valid header value.
-            via: config.via.as_deref().and_then(|name| http::HeaderValue::from_str(&format!("1.1 {name}")).ok()),
-            draining: AtomicBool::new(false),
-            synced: AtomicBool::new(false),
-            open_connections: AtomicUsize::new(0),
-            tasks: Tracker::default(),
-            kill: CancellationToken::new(),
+            settings: RequestSettings {
+                access_log: config.access_log,
+                limits: config.limits.clone(),
+                forwarded: config.forwarded.clone(),
+                headers: config.headers.clone(),
+                timeouts: config.timeouts.clone(),
+                // Validated as a token by the config, so it is always a valid header value.
+                via: config.via.as_deref().map(|name| format!("1.1 {name}").into_bytes()),
+            },
+            runtime: Runtime::default(),
         });
 
         let discovery = match (static_services, kube) {
@@ -209,7 +247,7 @@ impl Proxy {
         };
 
         let closing = CancellationToken::new();
-        let accept = tokio::spawn(server::serve(shared.clone(), traffic, closing.clone()));
+        let accept = tokio::spawn(listener::serve(shared.clone(), traffic, closing.clone()));
         let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(admin::serve(shared.clone(), admin, admin_stop.clone()));
         let drain = CancellationToken::new();
@@ -234,15 +272,15 @@ async fn lifecycle(
     discovery: Option<JoinHandle<()>>,
 ) {
     drain.cancelled().await;
-    shared.draining.store(true, Ordering::Relaxed);
-    tracing::info!(drain = ?shared.timeouts.drain, "draining: readiness now fails");
-    tokio::time::sleep(shared.timeouts.drain).await;
+    shared.runtime.draining.store(true, Ordering::Relaxed);
+    tracing::info!(drain = ?shared.settings.timeouts.drain, "draining: readiness now fails");
+    tokio::time::sleep(shared.settings.timeouts.drain).await;
     closing.cancel();
     let _ = accept.await;
     tracing::info!("listener closed; waiting for in-flight requests");
-    if tokio::time::timeout(shared.timeouts.shutdown, shared.tasks.idle()).await.is_err() {
-        tracing::warn!(shutdown = ?shared.timeouts.shutdown, "in-flight requests cut after the shutdown bound");
-        shared.kill.cancel();
+    if tokio::time::timeout(shared.settings.timeouts.shutdown, shared.runtime.tasks.idle()).await.is_err() {
+        tracing::warn!(shutdown = ?shared.settings.timeouts.shutdown, "in-flight requests cut after the shutdown bound");
+        shared.runtime.kill.cancel();
     }
     admin_stop.cancel();
     let _ = admin.await;
@@ -281,7 +319,7 @@ impl ProxyHandle {
     /// What SIGTERM does: starts the drain and returns at once.
     pub fn start_drain(&self) {
         // Readiness flips here, synchronously, not when the lifecycle task next runs.
-        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.runtime.draining.store(true, Ordering::Relaxed);
         self.drain.cancel();
     }
 

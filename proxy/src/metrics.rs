@@ -36,6 +36,9 @@ pub enum UpstreamErrorKind {
     ConnectTimeout,
     Reset,
     Timeout,
+    /// The upstream answered something that must not be relayed (an unasked-for 101, a
+    /// transfer coding other than chunked).
+    Protocol,
     Other,
 }
 
@@ -46,6 +49,7 @@ impl UpstreamErrorKind {
             Self::ConnectTimeout => "connect_timeout",
             Self::Reset => "reset",
             Self::Timeout => "timeout",
+            Self::Protocol => "protocol",
             Self::Other => "other",
         }
     }

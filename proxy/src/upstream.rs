@@ -1,43 +1,77 @@
-//! Upstream HTTP/1.1 connections: a small keep-alive pool of our own on
-//! `hyper::client::conn::http1`.
+//! Upstream connections: plain TCP streams with a read buffer each, kept in a per-endpoint
+//! stack of idle ones. The connection task of the client drives them itself; no task, channel
+//! or codec of another library sits between the two sockets.
 //!
-//! hyper-util's legacy `Client` costs a SipHash of the pool key twice per request, a
-//! `Checkout` future racing a connect future, and a spawned task per request that waits for
-//! the connection to be ready again before returning it to the pool. Here a connection is
-//! taken from a per-endpoint stack (checked with `SendRequest::is_ready`), and is put back when
-//! the response body has been read to its end (the body's drop, see [`PooledBody`]).
-//!
-//! The connection is made before the request is handed to hyper, so a failed connect leaves
-//! the whole request, body included, in our hands: it is retried on another endpoint
-//! (`proxy::forward`) without ever having been sent.
+//! A connection carries one exchange at a time, and goes back to the pool only when the next
+//! client's bytes cannot meet anything of this exchange ([`Reuse`]): the request was sent
+//! completely before the response head arrived, the response was read to its end and nothing
+//! followed it, it was HTTP/1.1 without `Connection: close`, and it is not an error answer to a
+//! request with a body (a server answering from the headers alone may never read that body, and
+//! would parse it as the next request). Anything else closes it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
-use crate::body::RequestBody;
+use crate::config::{AfterBody, Pool as PoolConfig, Timeouts};
+use crate::io::{Buffer, idle_timer};
 
-type Sender = SendRequest<RequestBody>;
+/// Read buffer of an upstream connection.
+const BUFFER: usize = 16 * 1024;
 
-/// Why an upstream exchange failed.
+/// One upstream TCP connection and what has been read from it.
 #[derive(Debug)]
-pub enum UpstreamError {
-    /// No connection could be made (refused, unreachable, timed out): nothing was sent.
-    Connect(io::Error),
-    /// The connection was made, then the exchange failed.
-    Request(hyper::Error),
+pub(crate) struct UpstreamConn {
+    pub stream: TcpStream,
+    pub buf: Buffer,
+    pub addr: SocketAddr,
+    /// Taken from the pool (it has carried an exchange before).
+    pub reused: bool,
+    pub timer: Pin<Box<Sleep>>,
+}
+
+impl UpstreamConn {
+    /// Closes with a TCP reset: the exchange was aborted half-way, and the upstream must not
+    /// mistake what it received for a complete request.
+    pub fn reset(self) {
+        let _ = self.stream.set_zero_linger();
+    }
+}
+
+/// What decides, at the end of an exchange, whether its connection may carry another.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reuse {
+    /// The whole request had been sent before the response head arrived. Otherwise the
+    /// upstream answered early, and what the client still sends would reach the upstream as the
+    /// start of the next exchange.
+    pub request_sent_first: bool,
+    /// The response was read to its end, and no byte came after it.
+    pub response_complete: bool,
+    /// HTTP/1.1 without `Connection: close` (an HTTP/1.0 peer's keep-alive is not trusted).
+    pub keep_alive: bool,
+    /// A 4xx/5xx to a request with a body: the upstream may have answered from the headers
+    /// alone without reading the body (an auth check's 401, a 413), and would read it as the
+    /// next request.
+    pub error_to_a_body: bool,
+    /// The request had a body and `pool.after_body` is `close`.
+    pub body_closes: bool,
+}
+
+impl Reuse {
+    pub fn allowed(self) -> bool {
+        self.request_sent_first
+            && self.response_complete
+            && self.keep_alive
+            && !self.error_to_a_body
+            && !self.body_closes
+    }
 }
 
 /// The pool of idle upstream connections, per endpoint address.
@@ -49,27 +83,45 @@ pub(crate) struct Upstream {
 #[derive(Debug)]
 struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Endpoints that answered as HTTP/1.0: a body they get must have a `Content-Length`.
+    http10: Mutex<HashSet<SocketAddr>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    close_after_body: bool,
 }
 
 #[derive(Debug)]
 struct Idle {
-    sender: Sender,
+    conn: UpstreamConn,
     since: Instant,
 }
 
-/// A connection checked out of the pool (or new) for one exchange.
-#[derive(Debug)]
-pub(crate) struct Conn {
-    sender: Sender,
-    addr: SocketAddr,
-    reused: bool,
-}
-
 impl Upstream {
-    pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        Self { inner: Arc::new(Pool { idle: Mutex::new(HashMap::new()), connect_timeout, idle_timeout }) }
+    pub(crate) fn new(timeouts: &Timeouts, pool: &PoolConfig) -> Self {
+        Self {
+            inner: Arc::new(Pool {
+                idle: Mutex::new(HashMap::new()),
+                http10: Mutex::new(HashSet::new()),
+                connect_timeout: timeouts.connect,
+                idle_timeout: timeouts.idle,
+                close_after_body: pool.after_body == AfterBody::Close,
+            }),
+        }
+    }
+
+    /// `pool.after_body: close`.
+    pub(crate) fn closes_after_body(&self) -> bool {
+        self.inner.close_after_body
+    }
+
+    /// Whether `addr` has answered as HTTP/1.0: it cannot read a chunked body.
+    pub(crate) fn speaks_http10(&self, addr: SocketAddr) -> bool {
+        self.inner.http10.lock().unwrap_or_else(PoisonError::into_inner).contains(&addr)
+    }
+
+    /// `addr` answered as HTTP/1.0.
+    pub(crate) fn learned_http10(&self, addr: SocketAddr) {
+        self.inner.http10.lock().unwrap_or_else(PoisonError::into_inner).insert(addr);
     }
 
     /// Closes connections idle longer than the idle timeout, every half of it, until the
@@ -86,151 +138,69 @@ impl Upstream {
                 let now = Instant::now();
                 let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
                 idle.retain(|_, list| {
-                    list.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < pool.idle_timeout);
+                    list.retain(|c| now.duration_since(c.since) < pool.idle_timeout && is_quiet(&c.conn.stream));
                     !list.is_empty()
                 });
             }
         });
     }
 
-    /// An idle connection to `addr`, or a new one.
-    pub(crate) async fn connection(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
-        if let Some(sender) = self.checkout(addr) {
-            return Ok(Conn { sender, addr, reused: true });
+    /// An idle connection to `addr` that is still open, or a new one.
+    pub(crate) async fn connection(&self, addr: SocketAddr) -> io::Result<UpstreamConn> {
+        if let Some(conn) = self.checkout(addr) {
+            return Ok(conn);
         }
         self.connect(addr).await
     }
 
-    fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
+    /// A new connection to `addr`, never a pooled one.
+    pub(crate) async fn connect(&self, addr: SocketAddr) -> io::Result<UpstreamConn> {
+        let stream = match tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(connected) => connected?,
+            Err(_elapsed) => return Err(io::ErrorKind::TimedOut.into()),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(UpstreamConn { stream, buf: Buffer::new(BUFFER), addr, reused: false, timer: idle_timer() })
+    }
+
+    fn checkout(&self, addr: SocketAddr) -> Option<UpstreamConn> {
         let mut idle = self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
-        // Most recently returned first: the warmest connection, and expired ones sit at the
-        // bottom of the stack.
+        // Most recently returned first: the warmest connection; expired ones sit at the bottom.
         while let Some(c) = list.pop() {
             if now.duration_since(c.since) >= self.inner.idle_timeout {
-                // Everything below is older still.
                 list.clear();
                 return None;
             }
-            // Not yet ready is fine: it has just finished a response and its task will be
-            // wanting the next request in a moment (`send` waits for that).
-            if !c.sender.is_closed() {
-                return Some(c.sender);
+            if is_quiet(&c.conn.stream) {
+                let mut conn = c.conn;
+                conn.reused = true;
+                return Some(conn);
             }
         }
         None
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
-        let stream = match tokio::time::timeout(self.inner.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
-            Err(_elapsed) => return Err(UpstreamError::Connect(io::ErrorKind::TimedOut.into())),
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Request)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(Conn { sender, addr, reused: false })
-    }
-
-    /// Sends `req` on `conn`. A reused connection that turns out to be closed before the
-    /// request was written is replaced by a new one once.
-    pub(crate) async fn send(
-        &self,
-        conn: Conn,
-        req: Request<RequestBody>,
-    ) -> Result<Response<PooledBody>, UpstreamError> {
-        let Conn { mut sender, addr, reused } = conn;
-        if sender.ready().await.is_err() {
-            // Closed since it was pooled: nothing was sent, use a new connection.
-            sender = self.connect(addr).await?.sender;
-        }
-        let response = match sender.try_send_request(req).await {
-            Ok(response) => response,
-            Err(mut e) => match e.take_message() {
-                Some(req) if reused => {
-                    let Conn { sender: mut fresh, .. } = self.connect(addr).await?;
-                    let response = fresh.send_request(req).await.map_err(UpstreamError::Request)?;
-                    sender = fresh;
-                    response
-                }
-                _ => return Err(UpstreamError::Request(e.into_error())),
-            },
-        };
-        let keep = Returner { pool: self.inner.clone(), addr, sender: Some(sender) };
-        Ok(response.map(|body| PooledBody { body, done: false, keep }))
+    /// Keeps `conn` for the next exchange to its endpoint.
+    pub(crate) fn put_back(&self, mut conn: UpstreamConn) {
+        conn.buf.clear();
+        let mut idle = self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        idle.entry(conn.addr).or_default().push(Idle { conn, since: Instant::now() });
     }
 }
 
-/// Puts a connection back in its endpoint's stack.
-#[derive(Debug)]
-struct Returner {
-    pool: Arc<Pool>,
-    addr: SocketAddr,
-    sender: Option<Sender>,
-}
-
-impl Returner {
-    fn put_back(&mut self) {
-        let Some(sender) = self.sender.take() else { return };
-        if sender.is_closed() {
-            return;
-        }
-        let mut idle = self.pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.entry(self.addr).or_default().push(Idle { sender, since: Instant::now() });
-    }
-}
-
-/// An upstream response body; when it has been read to its end, its connection goes back to
-/// the pool. Dropped earlier (client gone, upgrade), the connection is closed with it.
-#[derive(Debug)]
-pub struct PooledBody {
-    body: Incoming,
-    done: bool,
-    keep: Returner,
-}
-
-impl PooledBody {
-    /// The connection will not be reused (it was upgraded to another protocol).
-    pub(crate) fn forget_connection(&mut self) {
-        self.keep.sender = None;
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.done = true,
-            Poll::Ready(Some(Err(_))) => this.keep.sender = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if self.done || self.body.is_end_stream() {
-            self.keep.put_back();
+/// An idle connection is usable only while nothing has arrived on it: neither bytes (which
+/// would be read as the next response) nor the end of the stream. The reactor's readiness says
+/// so without a system call; only when it reports something is the socket asked.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut byte = [0u8; 1];
+            matches!(stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         }
     }
 }

@@ -3,8 +3,9 @@
 # .github/workflows/e2e-kind.yml) or any machine with Docker and kind; it cannot run on the
 # project's own machines (no Docker engine there), which run the same steps in-process instead
 # (tests/tests/e2e_ingress.rs): the same emulator harness (localstack/up), the same Terraform
-# example through terraform/tf, the same provisioner CLI and the same deploy/ manifests, which
-# ./run-tests validates offline. Only cluster creation, image loading and kubectl are kind-only.
+# example through terraform/tf, the same provisioner CLI and the same Helm chart with the same
+# values (tests/kind/values.yaml), which ./run-tests renders and validates offline
+# (charts/check). Only cluster creation, image loading, helm and kubectl are kind-only.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -18,7 +19,7 @@ WORK=.run/kind
 HOST=api.example.com
 
 require_tools
-for tool in docker kind kubectl; do
+for tool in docker kind kubectl helm; do
   command -v "$tool" >/dev/null || fail "'$tool' is needed for the kind e2e (it runs where Docker does)"
 done
 mkdir -p "$WORK"
@@ -55,12 +56,15 @@ APPLIED=1
 terraform/tf -chdir=terraform/examples/local apply -auto-approve -input=false -var "name=$NAME"
 terraform/tf -chdir=terraform/examples/local output -json gatehouse >"$WORK/handshake.json"
 
-step "deploy/ and two convention-named services"
-kubectl apply -k deploy/
-kubectl -n gatehouse create configmap gatehouse-handshake --from-file=handshake.json="$WORK/handshake.json"
-# In-cluster, the provisioner could not reach the emulator on the host's loopback; it runs from
-# the host below, against the same cluster.
-kubectl -n gatehouse scale deployment/gatehouse-provisioner --replicas=0
+step "the chart (as the README installs it), and two convention-named services"
+kubectl create namespace gatehouse
+kubectl label namespace gatehouse pod-security.kubernetes.io/enforce=restricted
+# In-cluster, the provisioner could not reach the emulator on the host's loopback: the values
+# give it no replica, and it runs from the host below, against the same cluster.
+helm install gatehouse charts/gatehouse --namespace gatehouse -f tests/kind/values.yaml \
+  --set-file handshake="$WORK/handshake.json" --wait --timeout 180s
+# The platform team grants the demo services' namespace the right to publish.
+kubectl label namespace default gatehouse.dev/publish=true
 kubectl apply -f tests/kind/demo-services.yaml
 # The proxies' readiness gate (gatehouse.dev/target-healthy) waits for the provisioner, which
 # registers a node once its proxy's own probe passes: wait for that, sync, then for the rollout.
@@ -70,6 +74,24 @@ for _ in $(seq 90); do
 done
 kubectl -n gatehouse wait pod -l app.kubernetes.io/name=gatehouse-proxy --for=condition=ContainersReady --timeout=180s
 kubectl rollout status deployment/service-api-hello deployment/service-api-echo --timeout=180s
+
+step "the admission policy: a convention-named Service is refused where publishing is not granted"
+kubectl create namespace ungranted
+refused=""
+for _ in $(seq 30); do # the API server applies a new policy within seconds
+  if out=$(kubectl -n ungranted create service clusterip service-api-rogue --tcp=80:8080 2>&1); then
+    kubectl -n ungranted delete service service-api-rogue >/dev/null
+    sleep 1
+  else
+    refused=$out
+    break
+  fi
+done
+[[ $refused == *"is not labelled gatehouse.dev/publish=true"* ]] ||
+  fail "service-api-rogue in an ungranted namespace should be refused by the policy, got: ${refused:-created}"
+printf '  refused: %s\n' "$refused"
+kubectl -n ungranted create service clusterip payments --tcp=80:8080 >/dev/null ||
+  fail "a Service no edge routes must be allowed anywhere"
 
 step "gatehouse-provisioner: plan, sync, plan (ip targets: the kind nodes' InternalIPs)"
 cargo build --locked --bins -p gatehouse-provisioner

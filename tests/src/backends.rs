@@ -309,6 +309,27 @@ pub enum RawEnd {
     Malformed(String),
 }
 
+/// How a response body ended, as [`RawConn::read_response`] read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Complete by its framing (a body without a length: the connection ended after it).
+    Complete,
+    /// The connection ended (closed or reset) before its framing said the body was complete.
+    CutShort,
+    /// Nothing more arrived within the time given, and the body was not complete.
+    Stalled,
+    /// Framing that does not parse (a chunk size line, a `Content-Length`).
+    Malformed(String),
+}
+
+/// A response as far as it arrived ([`RawConn::read_response`]): its head, the body bytes that
+/// came (chunked framing removed), and how the body ended.
+#[derive(Debug, Clone)]
+pub struct PartialResponse {
+    pub response: RawResponse,
+    pub end: BodyEnd,
+}
+
 /// A TCP connection that sends exactly the bytes it is given and parses what comes back by
 /// hand: for requests no well-behaved client would send.
 #[derive(Debug)]
@@ -351,9 +372,30 @@ impl RawConn {
     }
 
     /// Reads one complete response (framed by `Content-Length`, chunked, or the end of the
-    /// stream), within `timeout`. (Not for the answer to a HEAD, which has no body.)
+    /// stream), within `timeout`. (Not for the answer to a HEAD, which has no body: see
+    /// [`RawConn::read_response`].)
     pub async fn response(&mut self, timeout: Duration) -> Result<RawResponse, RawEnd> {
+        let read = self.read_response(timeout, false).await?;
+        match read.end {
+            BodyEnd::Complete => Ok(read.response),
+            BodyEnd::CutShort => Err(RawEnd::Malformed("body cut short".into())),
+            BodyEnd::Stalled => Err(RawEnd::TimedOut { pending: read.response.body }),
+            BodyEnd::Malformed(why) => Err(RawEnd::Malformed(why)),
+        }
+    }
+
+    /// Reads one response head and as much of its body as arrives within `timeout`, and says
+    /// how the body ended: for responses that may end short. `to_head`: the request was a HEAD,
+    /// so the response has no body whatever its headers say. A 1xx is returned like any other
+    /// response (with no body); the final one follows it.
+    pub async fn read_response(&mut self, timeout: Duration, to_head: bool) -> Result<PartialResponse, RawEnd> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut response = self.read_head(deadline).await?;
+        let end = self.read_body(&mut response, to_head, deadline).await;
+        Ok(PartialResponse { response, end })
+    }
+
+    async fn read_head(&mut self, deadline: tokio::time::Instant) -> Result<RawResponse, RawEnd> {
         let head_end = loop {
             if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break at;
@@ -378,48 +420,97 @@ impl RawConn {
         }
         self.buf.drain(..head_end + 4);
         let version = status_line.get(..8).unwrap_or_default().to_owned();
-        let mut response = RawResponse { version, status, headers, body: Vec::new() };
-        let chunked = response.header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
-        let bodiless = (100..200).contains(&status) || status == 204 || status == 304;
-        if bodiless {
+        Ok(RawResponse { version, status, headers, body: Vec::new() })
+    }
+
+    /// Reads the body of `response` into it, by its framing, until it is complete, the
+    /// connection ends, or `deadline` passes.
+    async fn read_body(
+        &mut self,
+        response: &mut RawResponse,
+        to_head: bool,
+        deadline: tokio::time::Instant,
+    ) -> BodyEnd {
+        let status = response.status;
+        if to_head || (100..200).contains(&status) || status == 204 || status == 304 {
             // No body, whatever the headers say.
-        } else if chunked {
+            return BodyEnd::Complete;
+        }
+        let chunked = response.header("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
+        let ended = |filled: Result<bool, RawEnd>| match filled {
+            Ok(true) => None,
+            Ok(false) => Some(BodyEnd::CutShort),
+            Err(_) => Some(BodyEnd::Stalled),
+        };
+        if chunked {
             loop {
                 let line_end = loop {
                     if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
                         break at;
                     }
-                    if !self.fill(deadline).await? {
-                        return Err(RawEnd::Malformed("chunked body cut short".into()));
+                    if let Some(end) = ended(self.fill(deadline).await) {
+                        return end;
                     }
                 };
                 let size_text = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
-                let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                    .map_err(|_| RawEnd::Malformed(format!("chunk size {size_text:?}")))?;
-                while self.buf.len() < line_end + 2 + size + 2 {
-                    if !self.fill(deadline).await? {
-                        return Err(RawEnd::Malformed("chunk cut short".into()));
+                let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else {
+                    return BodyEnd::Malformed(format!("chunk size {size_text:?}"));
+                };
+                self.buf.drain(..line_end + 2);
+                if size == 0 {
+                    // The trailer section, up to its empty line.
+                    loop {
+                        if let Some(at) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                            self.buf.drain(..at + 2);
+                            if at == 0 {
+                                return BodyEnd::Complete;
+                            }
+                            continue;
+                        }
+                        if let Some(end) = ended(self.fill(deadline).await) {
+                            return end;
+                        }
                     }
                 }
-                response.body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
-                self.buf.drain(..line_end + 2 + size + 2);
-                if size == 0 {
-                    break;
+                while self.buf.len() < size + 2 {
+                    if let Some(end) = ended(self.fill(deadline).await) {
+                        // What arrived of the chunk is part of what the client got.
+                        let got = self.buf.len().min(size);
+                        response.body.extend(self.buf.drain(..got));
+                        return end;
+                    }
                 }
+                response.body.extend_from_slice(&self.buf[..size]);
+                self.buf.drain(..size + 2);
             }
         } else if let Some(length) = response.header("content-length") {
-            let length: usize = length.parse().map_err(|_| RawEnd::Malformed(format!("Content-Length {length}")))?;
+            let Ok(length) = length.parse::<usize>() else {
+                return BodyEnd::Malformed(format!("Content-Length {length}"));
+            };
             while self.buf.len() < length {
-                if !self.fill(deadline).await? {
-                    return Err(RawEnd::Malformed("body cut short".into()));
+                if let Some(end) = ended(self.fill(deadline).await) {
+                    response.body = std::mem::take(&mut self.buf);
+                    return end;
                 }
             }
             response.body = self.buf.drain(..length).collect();
+            BodyEnd::Complete
         } else {
-            while self.fill(deadline).await? {}
-            response.body = std::mem::take(&mut self.buf);
+            // Delimited by the end of the connection.
+            loop {
+                match self.fill(deadline).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        response.body = std::mem::take(&mut self.buf);
+                        return BodyEnd::Complete;
+                    }
+                    Err(_) => {
+                        response.body = std::mem::take(&mut self.buf);
+                        return BodyEnd::Stalled;
+                    }
+                }
+            }
         }
-        Ok(response)
     }
 
     /// Waits up to `timeout` for the peer to close the connection; `Ok` with whatever it sent

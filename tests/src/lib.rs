@@ -5,4 +5,5 @@ pub mod fault_proxy;
 pub mod kube_api;
 pub mod provisioner_replica;
 pub mod provisioner_support;
+pub mod raw_backend;
 pub use gatehouse_lab::terraform;

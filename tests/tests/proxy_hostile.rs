@@ -278,23 +278,25 @@ fn post(headers: &str, body: &[u8]) -> Vec<u8> {
 fn framing_rows() -> Vec<Row> {
     let hello_chunked = chunked(b"hello");
     let mut rows = vec![
-        // Content-Length with Transfer-Encoding: framed by Transfer-Encoding, then closed.
+        // Content-Length with Transfer-Encoding: framed by Transfer-Encoding, then closed. The
+        // client's Content-Length never reaches the upstream: the body is read whole (it is
+        // small) and sent with its real length.
         row(
             "Content-Length then Transfer-Encoding",
-            post("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", &hello_chunked),
+            post("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n", &hello_chunked),
             &[200],
             After::Closed,
         )
         .seen_body("foo", "POST", "/x", b"hello")
-        .header("content-length", None),
+        .header("content-length", Some("5")),
         row(
             "Transfer-Encoding then Content-Length",
-            post("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", &hello_chunked),
+            post("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", &hello_chunked),
             &[200],
             After::Closed,
         )
         .seen_body("foo", "POST", "/x", b"hello")
-        .header("content-length", None),
+        .header("content-length", Some("5")),
         // CL.TE: a front end reading Content-Length would pass the tail as this body.
         row(
             "CL.TE smuggling",
@@ -658,6 +660,50 @@ fn host_rows() -> Vec<Row> {
         .seen("foo", "GET", "/x")
         .header("host", Some("API.Example.Com:30080")),
         row("unknown Host", raw(b"GET /foo/x HTTP/1.1", b"Host: evil.example.com\r\n", b""), &[404], After::Open),
+        // A port is digits: the name before the last `:` must not be what routes.
+        row(
+            "an edge name in the port of Host",
+            raw(b"GET /panel/x HTTP/1.1", b"Host: admin.example.com:api.example.com\r\n", b""),
+            &[400],
+            After::Open,
+        ),
+        row(
+            "an edge name in the port of Host, the other way round",
+            raw(b"GET /foo/x HTTP/1.1", b"Host: internal.example.com:api.example.com\r\n", b""),
+            &[400],
+            After::Open,
+        ),
+        row(
+            "a named port in Host",
+            raw(b"GET /foo/x HTTP/1.1", b"Host: api.example.com:http\r\n", b""),
+            &[400],
+            After::Open,
+        ),
+        row(
+            "a port over 65535 in Host",
+            raw(b"GET /foo/x HTTP/1.1", b"Host: api.example.com:65536\r\n", b""),
+            &[400],
+            After::Open,
+        ),
+        row(
+            "two trailing dots in Host",
+            raw(b"GET /foo/x HTTP/1.1", b"Host: api.example.com..\r\n", b""),
+            &[400],
+            After::Open,
+        ),
+        row(
+            "an empty label in Host",
+            raw(b"GET /foo/x HTTP/1.1", b"Host: api..example.com\r\n", b""),
+            &[400],
+            After::Open,
+        ),
+        row(
+            "one trailing dot in Host",
+            raw(b"GET /foo/x HTTP/1.1", b"Host: api.example.com.\r\n", b""),
+            &[200],
+            After::Open,
+        )
+        .seen("foo", "GET", "/x"),
         row(
             "internal edge Host with an API path",
             raw(b"GET /foo/x HTTP/1.1", b"Host: admin.example.com\r\n", b""),
@@ -841,6 +887,64 @@ fn version_rows() -> Vec<Row> {
     ]
 }
 
+fn method_rows() -> Vec<Row> {
+    vec![
+        // Methods are case-sensitive: `get` is not GET, and an upstream that upper-cases it would
+        // act on a request the edge never saw.
+        row("a lower-case method", raw(b"get /foo/x HTTP/1.1", HOST.as_bytes(), b""), &[400], After::Open),
+        row(
+            "a mixed-case method",
+            raw(b"Post /foo/x HTTP/1.1", format!("{HOST}Content-Length: 0\r\n").as_bytes(), b""),
+            &[400],
+            After::Open,
+        ),
+        // TRACE would echo the request (cookies, credentials) back: 405, as nginx answers.
+        row("TRACE", raw(b"TRACE /foo/x HTTP/1.1", HOST.as_bytes(), b""), &[405], After::Open),
+        // Extension methods in upper case are the upstream's business.
+        row("an extension method", raw(b"PROPFIND /foo/x HTTP/1.1", HOST.as_bytes(), b""), &[200], After::Open)
+            .seen("foo", "PROPFIND", "/x"),
+    ]
+}
+
+/// The readiness path is answered by the proxy, after the same head checks as any request.
+fn readiness_rows() -> Vec<Row> {
+    let ready = |line: &[u8], headers: &str, body: &[u8]| raw(line, format!("{HOST}{headers}").as_bytes(), body);
+    vec![
+        row("readiness", ready(b"GET /_gatehouse/ready HTTP/1.1", "", b""), &[200], After::Open),
+        row(
+            "readiness with an absolute-form target",
+            ready(b"GET http://api.example.com/_gatehouse/ready HTTP/1.1", "", b""),
+            &[200],
+            After::Open,
+        ),
+        row(
+            "CONNECT to the readiness path",
+            ready(b"CONNECT /_gatehouse/ready HTTP/1.1", "", b""),
+            &[405],
+            After::Closed,
+        ),
+        row(
+            "readiness with Transfer-Encoding identity, chunked",
+            ready(b"POST /_gatehouse/ready HTTP/1.1", "Transfer-Encoding: identity, chunked\r\n", &chunked(b"x")),
+            &[501],
+            After::Closed,
+        ),
+        row(
+            "POST to the readiness path",
+            ready(b"POST /_gatehouse/ready HTTP/1.1", "Content-Length: 0\r\n", b""),
+            &[405],
+            After::Open,
+        ),
+        row("TRACE to the readiness path", ready(b"TRACE /_gatehouse/ready HTTP/1.1", "", b""), &[405], After::Open),
+        row(
+            "readiness with two Hosts",
+            raw(b"GET /_gatehouse/ready HTTP/1.1", b"Host: a.example.com\r\nHost: b.example.com\r\n", b""),
+            &[400],
+            After::Open,
+        ),
+    ]
+}
+
 fn all_rows() -> Vec<Row> {
     [
         traversal_rows(),
@@ -855,6 +959,8 @@ fn all_rows() -> Vec<Row> {
         pipelining_rows(),
         line_rows(),
         version_rows(),
+        method_rows(),
+        readiness_rows(),
     ]
     .concat()
 }

@@ -330,8 +330,9 @@ const STALLED_BODIES: &[(&str, &[u8])] = &[
 #[tokio::test]
 async fn a_stalled_request_body_is_answered_408_and_the_upstream_request_aborted() {
     let foo = Backend::start("foo").await;
-    // `request` well above `body_read`: only the body timeout can answer in time.
-    let extra = "timeouts: { body_read: 500ms, request: 20s }\n";
+    // `request` well above `body_read`: only the body timeout can answer in time. Streamed
+    // (no buffering): the head goes upstream before the body, which then stalls.
+    let extra = "timeouts: { body_read: 500ms, request: 20s }\nlimits: { body_buffer_bytes: 0, min_body_rate: 0 }\n";
     let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], extra)).await;
     for (shape, bytes) in STALLED_BODIES {
         let mut conn = RawConn::connect(proxy.traffic_addr()).await;
@@ -359,7 +360,8 @@ async fn a_stalled_request_body_is_answered_408_and_the_upstream_request_aborted
 #[tokio::test]
 async fn a_slow_but_steady_request_body_is_not_cut_off() {
     let foo = Backend::start("foo").await;
-    let extra = "timeouts: { body_read: 500ms }\n";
+    // 40 bytes a second: only the gap timer is under test here, not the minimum rate.
+    let extra = "timeouts: { body_read: 500ms }\nlimits: { min_body_rate: 0 }\n";
     let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], extra)).await;
     let mut conn = RawConn::connect(proxy.traffic_addr()).await;
     assert!(conn.send(b"POST /foo/echo-body HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 60\r\n\r\n").await);
@@ -378,7 +380,8 @@ async fn the_request_timeout_starts_when_the_body_has_been_sent() {
     let foo = Backend::start("foo").await;
     // An upload three times as long as `request`, steady enough for `body_read`: the upstream
     // answers at once when the body is complete, so only a timer started too early cuts it.
-    let extra = "timeouts: { request: 500ms, body_read: 1s }\n";
+    // Streamed, so that the upstream exchange is under way while the body arrives.
+    let extra = "timeouts: { request: 500ms, body_read: 1s }\nlimits: { body_buffer_bytes: 0, min_body_rate: 0 }\n";
     let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], extra)).await;
     let mut conn = RawConn::connect(proxy.traffic_addr()).await;
     // `/x` reads the whole body before it answers (`echo-body` would answer at once).
@@ -468,4 +471,112 @@ async fn an_http_1_0_upstream_is_answered_as_http_1_1_and_the_client_connection_
         assert_eq!(response.body, b"ok");
     }
     upstream.abort();
+}
+
+#[tokio::test]
+async fn a_connection_token_cannot_strip_the_headers_the_proxy_owns() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "via: node-a\nforwarded: { trusted_hops: 1 }\n")).await;
+    let tokens = "Host, X-Request-Id, X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto, X-Forwarded-Port, Via, Content-Length";
+    let answer =
+        get(proxy.traffic_addr(), HOST, "/foo/x", &[("connection", tokens), ("x-request-id", "client-id")]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let seen = &foo.requests()[0].headers;
+    assert_eq!(seen["host"], HOST);
+    assert_eq!(seen["x-forwarded-host"], HOST);
+    assert_eq!(seen["x-request-id"], "client-id");
+    assert_eq!(answer.headers["x-request-id"], "client-id", "the client and the upstream see the same id");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert!(seen.contains_key("x-forwarded-port"));
+    assert_eq!(seen["via"], "1.1 node-a");
+}
+
+#[tokio::test]
+async fn underscore_spellings_of_headers_never_reach_the_upstream() {
+    let foo = Backend::start("foo").await;
+    let forged = [
+        ("x_forwarded_for", "6.6.6.6"),
+        ("x_forwarded_host", "evil.example.com"),
+        ("x_request_id", "forged"),
+        ("x_custom_header", "1"),
+    ];
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "")).await;
+    get(proxy.traffic_addr(), HOST, "/foo/x", &forged).await;
+    let seen = &foo.take_requests()[0].headers;
+    let underscored: Vec<&str> = seen.keys().map(http::HeaderName::as_str).filter(|n| n.contains('_')).collect();
+    assert!(underscored.is_empty(), "forwarded {underscored:?}");
+    // `underscores: keep` passes a name of the application's own, never a spelling of the proxy's.
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "headers: { underscores: keep }\n")).await;
+    get(proxy.traffic_addr(), HOST, "/foo/x", &forged).await;
+    let seen = &foo.take_requests()[0].headers;
+    let underscored: Vec<&str> = seen.keys().map(http::HeaderName::as_str).filter(|n| n.contains('_')).collect();
+    assert_eq!(underscored, ["x_custom_header"]);
+}
+
+#[tokio::test]
+async fn each_forwarding_header_is_kept_only_from_a_hop_that_writes_it() {
+    let foo = Backend::start("foo").await;
+    let client_sent = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-port", "443"),
+        ("x-forwarded-host", "evil.example.com"),
+        ("forwarded", "for=6.6.6.6;host=evil.example.com"),
+        ("x-real-ip", "6.6.6.6"),
+    ];
+    // Behind an ALB: it writes X-Forwarded-For, -Proto and -Port, nothing else.
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "forwarded: { trusted_hops: 1 }\n")).await;
+    get(proxy.traffic_addr(), HOST, "/foo/x", &client_sent).await;
+    let seen = &foo.take_requests()[0].headers;
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-port"], "443");
+    assert_eq!(seen["x-forwarded-host"], HOST, "no trusted hop wrote X-Forwarded-Host");
+    assert!(!seen.contains_key("forwarded") && !seen.contains_key("x-real-ip"));
+    // A hop in front that is configured to write X-Forwarded-Host too.
+    let extra = "forwarded: { trusted_hops: 1, trusted_headers: [x-forwarded-for, x-forwarded-host] }\n";
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], extra)).await;
+    get(proxy.traffic_addr(), HOST, "/foo/x", &client_sent).await;
+    let seen = &foo.take_requests()[0].headers;
+    assert_eq!(seen["x-forwarded-host"], "evil.example.com");
+    assert_eq!(seen["x-forwarded-proto"], "http", "X-Forwarded-Proto is not trusted from this hop");
+}
+
+#[tokio::test]
+async fn a_byte_that_is_not_text_in_x_forwarded_for_never_erases_the_trusted_entry() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "forwarded: { trusted_hops: 1 }\n")).await;
+    let mut conn = RawConn::connect(proxy.traffic_addr()).await;
+    assert!(
+        conn.send(b"GET /foo/x HTTP/1.1\r\nHost: api.example.com\r\nX-Forwarded-For: 6.6.\xff.6, 203.0.113.7\r\n\r\n")
+            .await
+    );
+    assert_eq!(conn.response(Duration::from_secs(5)).await.unwrap().status, 200);
+    assert_eq!(foo.take_requests()[0].headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    // The trusted hop's own entry broken: refused, not forwarded without it.
+    assert!(
+        conn.send(b"GET /foo/x HTTP/1.1\r\nHost: api.example.com\r\nX-Forwarded-For: 6.6.6.6, 203.0.\xff.7\r\n\r\n")
+            .await
+    );
+    assert_eq!(conn.response(Duration::from_secs(5)).await.unwrap().status, 400);
+    assert_eq!(foo.request_count(), 0);
+}
+
+#[tokio::test]
+async fn two_request_ids_become_one_that_the_upstream_and_the_client_share() {
+    let foo = Backend::start("foo").await;
+    let proxy = start_proxy(&config(&[("foo", vec![foo.addr])], "")).await;
+    let mut conn = RawConn::connect(proxy.traffic_addr()).await;
+    assert!(
+        conn.send(
+            b"GET /foo/x HTTP/1.1\r\nHost: api.example.com\r\nX-Request-Id: first\r\nX-Request-Id: second\r\n\r\n"
+        )
+        .await
+    );
+    let response = conn.response(Duration::from_secs(5)).await.unwrap();
+    let seen = foo.take_requests();
+    let ids: Vec<&str> = seen[0].headers.get_all("x-request-id").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(ids, ["first"]);
+    assert_eq!(response.header("x-request-id"), Some("first"));
 }

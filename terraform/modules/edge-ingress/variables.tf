@@ -183,7 +183,7 @@ variable "health_check_port" {
 }
 
 variable "health_check_interval" {
-  description = "Seconds between health checks of one target. With unhealthy_threshold, it sets how soon a draining proxy leaves rotation (2 x 5 s = 10 s by default): keep that well inside the proxy's drain time (20 s in deploy/)."
+  description = "Seconds between health checks of one target. With unhealthy_threshold, it sets how soon a draining proxy leaves rotation (2 x 5 s = 10 s by default): keep that well inside the proxy's drain time (20 s in the chart, proxy.timeouts.drain)."
   type        = number
   default     = 5
 

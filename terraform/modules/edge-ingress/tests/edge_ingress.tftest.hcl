@@ -47,7 +47,7 @@ run "defaults_forward_http_to_the_nodeport_with_the_ready_health_check" {
   }
   assert {
     # A draining proxy fails readiness at once; the ALB must see that well within the
-    # proxy's drain time (20 s in deploy/proxy.yaml), so a rollout loses no request.
+    # proxy's drain time (20 s in the chart, charts/gatehouse/values.yaml), so a rollout loses no request.
     condition = (
       aws_lb_target_group.this.health_check[0].interval * aws_lb_target_group.this.health_check[0].unhealthy_threshold <= 10 &&
       aws_lb_target_group.this.health_check[0].timeout < aws_lb_target_group.this.health_check[0].interval
