@@ -60,9 +60,10 @@ step "the chart (as the README installs it), and two convention-named services"
 kubectl create namespace gatehouse
 kubectl label namespace gatehouse pod-security.kubernetes.io/enforce=restricted
 # In-cluster, the provisioner could not reach the emulator on the host's loopback: the values
-# give it no replica, and it runs from the host below, against the same cluster.
+# give it no replica, and it runs from the host below, against the same cluster. No --wait: the
+# proxies are Ready only once that provisioner has set their readiness gate (waited for below).
 helm install gatehouse charts/gatehouse --namespace gatehouse -f tests/kind/values.yaml \
-  --set-file handshake="$WORK/handshake.json" --wait --timeout 180s
+  --set-file handshake="$WORK/handshake.json" --timeout 180s
 # The platform team grants the demo services' namespace the right to publish.
 kubectl label namespace default gatehouse.dev/publish=true
 kubectl apply -f tests/kind/demo-services.yaml
