@@ -256,9 +256,31 @@ def test_pod_disruption_budgets_keep_one_proxy_at_a_time_and_a_provisioner(rende
     assert [p["metadata"]["name"] for p in single.all("PodDisruptionBudget")] == ["gatehouse-proxy"]
 
 
-def test_a_termination_grace_within_drain_and_shutdown_is_refused():
-    message = refusal(with_minimal(proxy={"terminationGracePeriodSeconds": 45}))
+def test_a_termination_grace_within_the_drain_hook_drain_and_shutdown_is_refused():
+    message = refusal(with_minimal(proxy={"terminationGracePeriodSeconds": 75}))
+    assert "must exceed the drain hook's timeout + drain + shutdown (75 s)" in message
+    # Without the gate there is no hook to wait for.
+    message = refusal(with_minimal(proxy={"terminationGracePeriodSeconds": 45, "readinessGate": False}))
     assert "must exceed drain + shutdown (45 s)" in message
+    render_values(with_minimal(proxy={"terminationGracePeriodSeconds": 60, "readinessGate": False}))
+
+
+def test_the_drain_hook_holds_a_terminating_proxy_and_may_read_only_pods_of_its_namespace(render):
+    objects = render()
+    proxy = objects.container("DaemonSet")
+    assert proxy["lifecycle"]["preStop"]["exec"]["command"] == [
+        "/usr/local/bin/gatehouse-provisioner", "drain-hook", "--timeout=30s"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in proxy["env"]}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+    role = objects.one("Role", "gatehouse-proxy-drain-hook")
+    assert role["metadata"]["namespace"] == "gatehouse"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
+    binding = objects.one("RoleBinding", "gatehouse-proxy-drain-hook")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gatehouse-proxy", "namespace": "gatehouse"}]
+    # Without the readiness gate there is no condition to wait for: no hook, no grant.
+    objects = render_values(with_minimal(proxy={"readinessGate": False}))
+    assert "lifecycle" not in objects.container("DaemonSet")
+    assert not [r for r in objects.all("Role") if r["metadata"]["name"] == "gatehouse-proxy-drain-hook"]
 
 
 def test_a_default_edge_that_is_no_edge_is_refused():
@@ -296,3 +318,6 @@ def test_the_defaults_agree_with_the_terraform_modules(render):
     config = yaml.safe_load(objects.one("ConfigMap", "gatehouse-proxy")["data"]["gatehouse-proxy.yaml"])
     unhealthy_after = int(module_default("health_check_interval")) * int(module_default("unhealthy_threshold"))
     assert int(config["timeouts"]["drain"].removesuffix("s")) >= 2 * unhealthy_after
+    # The drain hook waits as long as the ALB may drain a deregistered target.
+    hook = objects.container("DaemonSet")["lifecycle"]["preStop"]["exec"]["command"]
+    assert f"--timeout={module_default('deregistration_delay')}s" in hook

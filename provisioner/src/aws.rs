@@ -1,12 +1,16 @@
-//! The ELBv2 adapter: one SDK config loader, one client derived from it, every call counted, and
-//! every SDK error mapped to one sentence in [`map_sdk_error`].
+//! The AWS adapter: one SDK config loader, the ELBv2 and EC2 clients derived from it, every call
+//! counted, and every SDK error mapped to one sentence in [`map_sdk_error`]. It translates
+//! between the SDK's types and [`crate::model`]; the decisions are made elsewhere.
+//!
+//! Every SDK operation the provisioner makes is a `self.elb.<operation>()` or
+//! `self.ec2.<operation>()` call in this file; `tests/tests/provisioner_iam_policy.rs` reads them
+//! from here and checks that the Terraform module's IAM policy allows exactly those.
 
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_elasticloadbalancingv2::Client;
 use aws_sdk_elasticloadbalancingv2::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_elasticloadbalancingv2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetGroup};
@@ -16,9 +20,8 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
 use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
 
-use crate::diff::{ObservedTarget, Target};
-use crate::drift::TargetGroupFacts;
 use crate::metrics::ApiCalls;
+use crate::model::{IpFamily, ObservedTarget, Target, TargetGroupFacts, VpcCidrs};
 
 /// Most targets one RegisterTargets/DeregisterTargets call carries (what the AWS Load Balancer
 /// Controller uses too); a whole cluster's nodes normally fit in one call.
@@ -43,6 +46,13 @@ pub enum AwsError {
     Timeout { operation: &'static str, endpoint: String, detail: String },
     #[error("AWS {operation} at {endpoint} failed: {detail}")]
     Other { operation: &'static str, endpoint: String, detail: String },
+}
+
+impl AwsError {
+    /// Whether the target group itself is gone (then a session must be opened anew).
+    pub fn is_target_group_gone(&self) -> bool {
+        matches!(self, Self::TargetGroupNotFound { .. })
+    }
 }
 
 /// The one HTTPS client of every AWS call: hyper 1 and rustls with ring, the system's trust
@@ -83,40 +93,35 @@ pub async fn load_sdk_config(fallback_region: Option<String>) -> SdkConfig {
     }
 }
 
-/// The ELBv2 calls the provisioner makes. Cheap to clone.
+/// The ELBv2 and EC2 calls the provisioner makes. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Elb {
-    client: Client,
+pub struct Aws {
+    elb: aws_sdk_elasticloadbalancingv2::Client,
+    ec2: aws_sdk_ec2::Client,
     endpoint: String,
-    calls: ApiCalls,
 }
 
-impl Elb {
-    /// Derives the ELBv2 client from the SDK config, counting every operation into `calls`.
+impl Aws {
+    /// Derives the clients from the SDK config, counting every operation into `calls`.
     pub fn new(sdk: &SdkConfig, calls: ApiCalls) -> Result<Self, AwsError> {
         let region = sdk.region().ok_or(AwsError::NoRegion)?;
         let endpoint = sdk
             .endpoint_url()
             .map_or_else(|| format!("https://elasticloadbalancing.{region}.amazonaws.com"), str::to_owned);
-        let conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(sdk)
+        let elb = aws_sdk_elasticloadbalancingv2::config::Builder::from(sdk)
             .interceptor(CountCalls { calls: calls.clone() })
             .build();
-        Ok(Self { client: Client::from_conf(conf), endpoint, calls })
-    }
-
-    /// The counters this client records into.
-    pub fn calls(&self) -> &ApiCalls {
-        &self.calls
-    }
-
-    /// The endpoint calls go to, for messages.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        let ec2 = aws_sdk_ec2::config::Builder::from(sdk).interceptor(CountCalls { calls }).build();
+        Ok(Self {
+            elb: aws_sdk_elasticloadbalancingv2::Client::from_conf(elb),
+            ec2: aws_sdk_ec2::Client::from_conf(ec2),
+            endpoint,
+        })
     }
 
     /// The target group with this ARN; `None` if it does not exist.
     pub async fn target_group(&self, arn: &str) -> Result<Option<TargetGroupFacts>, AwsError> {
-        let pages = self.client.describe_target_groups().target_group_arns(arn).into_paginator().items().send();
+        let pages = self.elb.describe_target_groups().target_group_arns(arn).into_paginator().items().send();
         match pages.try_collect().await {
             Ok(groups) => Ok(groups.iter().find(|g| g.target_group_arn() == Some(arn)).map(facts)),
             Err(e) if e.code() == Some("TargetGroupNotFound") => Ok(None),
@@ -126,7 +131,7 @@ impl Elb {
 
     /// The target group with this name (used only to tell "replaced" from "deleted").
     pub async fn target_group_named(&self, name: &str) -> Result<Option<TargetGroupFacts>, AwsError> {
-        let pages = self.client.describe_target_groups().names(name).into_paginator().items().send();
+        let pages = self.elb.describe_target_groups().names(name).into_paginator().items().send();
         match pages.try_collect().await {
             Ok(groups) => Ok(groups.iter().find(|g| g.target_group_name() == Some(name)).map(facts)),
             Err(e) if e.code() == Some("TargetGroupNotFound") => Ok(None),
@@ -137,7 +142,7 @@ impl Elb {
     /// The deregistration delay attribute, in seconds.
     pub async fn deregistration_delay(&self, arn: &str) -> Result<Option<u64>, AwsError> {
         let out = self
-            .client
+            .elb
             .describe_target_group_attributes()
             .target_group_arn(arn)
             .send()
@@ -151,24 +156,44 @@ impl Elb {
             .and_then(|v| v.parse().ok()))
     }
 
-    /// Every target in the group with its state; one call (the operation is not paginated).
-    /// `default_port` fills in targets reported without a port.
-    pub async fn target_health(&self, arn: &str, default_port: u16) -> Result<Vec<ObservedTarget>, AwsError> {
-        self.target_health_of(arn, default_port, &[]).await
+    /// The VPC's associated IPv4 and IPv6 CIDR blocks.
+    pub async fn vpc_cidrs(&self, vpc_id: &str) -> Result<VpcCidrs, AwsError> {
+        let out = self.ec2.describe_vpcs().vpc_ids(vpc_id).send().await.map_err(|e| self.map(e, "DescribeVpcs"))?;
+        let associated = |state: Option<&aws_sdk_ec2::types::VpcCidrBlockState>| {
+            state.and_then(|s| s.state()).is_none_or(|s| s.as_str() == "associated")
+        };
+        let mut blocks: Vec<String> = Vec::new();
+        for vpc in out.vpcs() {
+            blocks.extend(
+                vpc.cidr_block_association_set()
+                    .iter()
+                    .filter(|a| associated(a.cidr_block_state()))
+                    .filter_map(|a| a.cidr_block().map(str::to_owned)),
+            );
+            blocks.extend(vpc.cidr_block().map(str::to_owned));
+            blocks.extend(
+                vpc.ipv6_cidr_block_association_set()
+                    .iter()
+                    .filter(|a| associated(a.ipv6_cidr_block_state()))
+                    .filter_map(|a| a.ipv6_cidr_block().map(str::to_owned)),
+            );
+        }
+        Ok(VpcCidrs::parse(blocks.iter().map(String::as_str)))
     }
 
-    /// Like [`Self::target_health`], restricted to `only` when not empty.
-    pub async fn target_health_of(
+    /// The group's targets with their state, restricted to `only` when not empty; one call (the
+    /// operation is not paginated). `default_port` fills in targets reported without a port.
+    pub async fn target_health(
         &self,
         arn: &str,
         default_port: u16,
         only: &[Target],
     ) -> Result<Vec<ObservedTarget>, AwsError> {
         let out = self
-            .client
+            .elb
             .describe_target_health()
             .target_group_arn(arn)
-            .set_targets((!only.is_empty()).then(|| only.iter().map(describe).collect()))
+            .set_targets((!only.is_empty()).then(|| only.iter().map(|t| describe(t, None)).collect()))
             .send()
             .await
             .map_err(|e| self.map_tg(e, "DescribeTargetHealth", arn))?;
@@ -190,53 +215,50 @@ impl Elb {
             .collect())
     }
 
-    /// Registers targets, in as few calls as [`BATCH`] allows.
-    pub async fn register(&self, arn: &str, targets: &[Target]) -> Result<(), AwsError> {
-        for chunk in targets.chunks(BATCH) {
-            self.client
-                .register_targets()
-                .target_group_arn(arn)
-                .set_targets(Some(chunk.iter().map(describe).collect()))
-                .send()
-                .await
-                .map_err(|e| self.map_tg(e, "RegisterTargets", arn))?;
-        }
+    /// One RegisterTargets call: at most [`BATCH`] targets, each with the AvailabilityZone it
+    /// needs (`all` outside the VPC).
+    pub async fn register(&self, arn: &str, targets: &[(Target, Option<&str>)]) -> Result<(), AwsError> {
+        self.elb
+            .register_targets()
+            .target_group_arn(arn)
+            .set_targets(Some(targets.iter().map(|(t, az)| describe(t, *az)).collect()))
+            .send()
+            .await
+            .map_err(|e| self.map_tg(e, "RegisterTargets", arn))?;
         Ok(())
     }
 
-    /// Deregisters targets, in as few calls as [`BATCH`] allows. A target that is no longer
+    /// One DeregisterTargets call: at most [`BATCH`] targets. A target that is no longer
     /// registered is deregistered already: another run, or an attempt of this very call whose
     /// answer was lost (the SDK retries it), got there first. Some ELBv2 implementations refuse
     /// that with `InvalidTarget` (moto does, and stops midway through the batch): then the
     /// batch's targets are read back, and those still registered deregistered once more.
     pub async fn deregister(&self, arn: &str, targets: &[Target]) -> Result<(), AwsError> {
-        let call = |chunk: &[Target]| {
-            self.client
+        let call = |targets: &[Target]| {
+            self.elb
                 .deregister_targets()
                 .target_group_arn(arn)
-                .set_targets(Some(chunk.iter().map(describe).collect()))
+                .set_targets(Some(targets.iter().map(|t| describe(t, None)).collect()))
                 .send()
         };
-        for chunk in targets.chunks(BATCH) {
-            match call(chunk).await {
-                Ok(_) => {}
-                Err(e) if e.code() == Some("InvalidTarget") => {
-                    let port = chunk.first().map_or(0, |t| t.port);
-                    let observed = self.target_health_of(arn, port, chunk).await?;
-                    let still: Vec<Target> = observed
-                        .into_iter()
-                        .filter(|o| !o.is_draining() && o.reason.as_deref() != Some("Target.NotRegistered"))
-                        .map(|o| o.target)
-                        .filter(|t| chunk.contains(t))
-                        .collect();
-                    if !still.is_empty() {
-                        call(&still).await.map_err(|e| self.map_tg(e, "DeregisterTargets", arn))?;
-                    }
+        match call(targets).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("InvalidTarget") => {
+                let port = targets.first().map_or(0, |t| t.port);
+                let observed = self.target_health(arn, port, targets).await?;
+                let still: Vec<Target> = observed
+                    .into_iter()
+                    .filter(|o| !o.is_draining() && o.reason.as_deref() != Some("Target.NotRegistered"))
+                    .map(|o| o.target)
+                    .filter(|t| targets.contains(t))
+                    .collect();
+                if !still.is_empty() {
+                    call(&still).await.map_err(|e| self.map_tg(e, "DeregisterTargets", arn))?;
                 }
-                Err(e) => return Err(self.map_tg(e, "DeregisterTargets", arn)),
+                Ok(())
             }
+            Err(e) => Err(self.map_tg(e, "DeregisterTargets", arn)),
         }
-        Ok(())
     }
 
     fn map<E>(&self, err: SdkError<E, HttpResponse>, operation: &'static str) -> AwsError
@@ -257,8 +279,12 @@ impl Elb {
     }
 }
 
-fn describe(t: &Target) -> TargetDescription {
-    TargetDescription::builder().id(&t.id).port(i32::from(t.port)).build()
+fn describe(t: &Target, availability_zone: Option<&str>) -> TargetDescription {
+    TargetDescription::builder()
+        .id(&t.id)
+        .port(i32::from(t.port))
+        .set_availability_zone(availability_zone.map(str::to_owned))
+        .build()
 }
 
 fn facts(g: &TargetGroup) -> TargetGroupFacts {
@@ -267,8 +293,10 @@ fn facts(g: &TargetGroup) -> TargetGroupFacts {
         name: g.target_group_name().unwrap_or_default().to_owned(),
         port: g.port().and_then(|p| u16::try_from(p).ok()),
         target_type: g.target_type().map_or("instance", |t| t.as_str()).to_owned(),
+        family: IpFamily::from_ip_address_type(g.ip_address_type().map(|t| t.as_str())),
         protocol: g.protocol().map(|p| p.as_str().to_owned()),
         health_check_path: g.health_check_path().map(str::to_owned),
+        vpc_id: g.vpc_id().map(str::to_owned),
     }
 }
 

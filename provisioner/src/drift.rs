@@ -1,52 +1,21 @@
 //! Drift between the handshake and what is live: the target group Terraform owns and the proxy
-//! Service's nodePort. Pure; findings are reported field by field, never fixed.
+//! Service's nodePort. Pure; findings are reported field by field, never fixed. Each check is its
+//! own function, run once: the target group's at session open, the proxy Service's per plan.
 
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::handshake::{Handshake, TargetType};
+use crate::model::{ProxyService, TargetGroupArn, TargetGroupFacts, TargetType};
 
-/// What the provisioner expects to find live. From the handshake, or from
-/// `--target-group-arn` + `--node-port` (then fields the flags cannot say are `None`).
+/// What the provisioner expects to find live. From the handshake (a file or the target group's
+/// tags), or from `--target-group-arn` + `--node-port` (then what the flags cannot say is `None`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Expected {
-    pub target_group_arn: String,
+    pub target_group_arn: TargetGroupArn,
     pub target_group_name: Option<String>,
     pub node_port: u16,
     pub target_type: Option<TargetType>,
-}
-
-impl From<&Handshake> for Expected {
-    fn from(h: &Handshake) -> Self {
-        Self {
-            target_group_arn: h.target_group_arn.clone(),
-            target_group_name: Some(h.target_group_name.clone()),
-            node_port: h.node_port,
-            target_type: Some(h.target_type),
-        }
-    }
-}
-
-/// The target group as DescribeTargetGroups reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TargetGroupFacts {
-    pub arn: String,
-    pub name: String,
-    pub port: Option<u16>,
-    /// As AWS spells it (`instance`, `ip`, `lambda`, `alb`).
-    pub target_type: String,
-    pub protocol: Option<String>,
-    pub health_check_path: Option<String>,
-}
-
-/// The proxy Service as Kubernetes reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProxyService {
-    /// `namespace/name`.
-    pub name: String,
-    /// The Service's nodePorts; `None` when the Service does not exist.
-    pub node_ports: Option<Vec<u16>>,
 }
 
 /// One field that disagrees.
@@ -86,13 +55,6 @@ pub enum Finding {
     },
 }
 
-impl Finding {
-    /// Whether the provisioner cannot go on at all (nothing to register into).
-    pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::TargetGroupMissing { .. } | Self::TargetGroupReplaced { .. })
-    }
-}
-
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -107,13 +69,11 @@ impl fmt::Display for Finding {
             Self::TargetType { expected, found } => {
                 write!(f, "target group target type: expected {expected}, found {found}")
             }
-            Self::HealthCheckPath { expected, found } => {
-                write!(
-                    f,
-                    "target group health check path: expected {expected} (the proxy's ready path), found {}",
-                    opt(found)
-                )
-            }
+            Self::HealthCheckPath { expected, found } => write!(
+                f,
+                "target group health check path: expected {expected} (the proxy's ready path), found {}",
+                opt(found)
+            ),
             Self::ProxyServiceMissing { service } => write!(f, "proxy Service {service} does not exist"),
             Self::ProxyNodePort { service, expected, found } => {
                 let found: Vec<String> = found.iter().map(ToString::to_string).collect();
@@ -129,63 +89,61 @@ fn opt<T: fmt::Display>(v: &Option<T>) -> String {
     v.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string)
 }
 
-/// Compares the expectation with the live target group (`None`: the ARN was not found;
-/// `same_name` is then the target group found under the handshake's name, if any) and the proxy
-/// Service (`None`: not checked).
-pub fn check(
-    expected: &Expected,
-    live: Option<&TargetGroupFacts>,
-    same_name: Option<&TargetGroupFacts>,
-    proxy: Option<&ProxyService>,
-) -> Vec<Finding> {
-    let mut findings = Vec::new();
-    match live {
-        None => findings.push(match (same_name, &expected.target_group_name) {
-            (Some(other), Some(name)) => Finding::TargetGroupReplaced {
-                expected_arn: expected.target_group_arn.clone(),
-                found_arn: other.arn.clone(),
-                name: name.clone(),
-            },
-            _ => Finding::TargetGroupMissing { arn: expected.target_group_arn.clone() },
-        }),
-        Some(tg) => {
-            if tg.port != Some(expected.node_port) {
-                findings.push(Finding::Port { expected: expected.node_port, found: tg.port });
-            }
-            if let Some(tt) = expected.target_type
-                && tg.target_type != tt.as_str()
-            {
-                findings.push(Finding::TargetType { expected: tt.to_string(), found: tg.target_type.clone() });
-            }
-            if tg.health_check_path.as_deref() != Some(gatehouse_convention::READY_PATH) {
-                findings.push(Finding::HealthCheckPath {
-                    expected: gatehouse_convention::READY_PATH.to_owned(),
-                    found: tg.health_check_path.clone(),
-                });
-            }
-        }
+/// Why the expected target group is not there: replaced (another group has its name) or gone.
+pub fn missing(expected: &Expected, same_name: Option<&TargetGroupFacts>) -> Finding {
+    match (same_name, &expected.target_group_name) {
+        (Some(other), Some(name)) => Finding::TargetGroupReplaced {
+            expected_arn: expected.target_group_arn.to_string(),
+            found_arn: other.arn.clone(),
+            name: name.clone(),
+        },
+        _ => Finding::TargetGroupMissing { arn: expected.target_group_arn.to_string() },
     }
-    if let Some(proxy) = proxy {
-        match &proxy.node_ports {
-            None => findings.push(Finding::ProxyServiceMissing { service: proxy.name.clone() }),
-            Some(ports) if !ports.contains(&expected.node_port) => findings.push(Finding::ProxyNodePort {
-                service: proxy.name.clone(),
-                expected: expected.node_port,
-                found: ports.clone(),
-            }),
-            Some(_) => {}
-        }
+}
+
+/// The live target group against the expectation, field by field.
+pub fn check_target_group(expected: &Expected, live: &TargetGroupFacts) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if live.port != Some(expected.node_port) {
+        findings.push(Finding::Port { expected: expected.node_port, found: live.port });
+    }
+    if let Some(tt) = expected.target_type
+        && live.target_type != tt.as_str()
+    {
+        findings.push(Finding::TargetType { expected: tt.to_string(), found: live.target_type.clone() });
+    }
+    if live.health_check_path.as_deref() != Some(gatehouse_convention::READY_PATH) {
+        findings.push(Finding::HealthCheckPath {
+            expected: gatehouse_convention::READY_PATH.to_owned(),
+            found: live.health_check_path.clone(),
+        });
     }
     findings
+}
+
+/// The proxy Service against the expected NodePort.
+pub fn check_proxy_service(expected_node_port: u16, proxy: &ProxyService) -> Option<Finding> {
+    match &proxy.node_ports {
+        None => Some(Finding::ProxyServiceMissing { service: proxy.name.clone() }),
+        Some(_) if !proxy.ports().contains(&expected_node_port) => Some(Finding::ProxyNodePort {
+            service: proxy.name.clone(),
+            expected: expected_node_port,
+            found: proxy.ports(),
+        }),
+        Some(_) => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{IpFamily, ServiceNodePort};
 
     fn expected() -> Expected {
         Expected {
-            target_group_arn: "arn:tg/gh/1".into(),
+            target_group_arn: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/gh/1"
+                .parse()
+                .expect("arn"),
             target_group_name: Some("gh".into()),
             node_port: 30080,
             target_type: Some(TargetType::Ip),
@@ -194,72 +152,81 @@ mod tests {
 
     fn live() -> TargetGroupFacts {
         TargetGroupFacts {
-            arn: "arn:tg/gh/1".into(),
+            arn: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/gh/1".into(),
             name: "gh".into(),
             port: Some(30080),
             target_type: "ip".into(),
+            family: IpFamily::V4,
             protocol: Some("HTTP".into()),
             health_check_path: Some("/_gatehouse/ready".into()),
+            vpc_id: Some("vpc-1".into()),
         }
     }
 
     fn proxy(ports: Option<Vec<u16>>) -> ProxyService {
-        ProxyService { name: "gatehouse/proxy".into(), node_ports: ports }
+        ProxyService {
+            name: "gatehouse/proxy".into(),
+            node_ports: ports.map(|ps| ps.into_iter().map(|p| ServiceNodePort { name: None, node_port: p }).collect()),
+        }
     }
 
     #[test]
     fn matching_target_group_and_service_have_no_findings() {
-        assert!(check(&expected(), Some(&live()), None, Some(&proxy(Some(vec![30080, 30443])))).is_empty());
-        assert!(check(&expected(), Some(&live()), None, None).is_empty());
+        assert!(check_target_group(&expected(), &live()).is_empty());
+        assert_eq!(check_proxy_service(30080, &proxy(Some(vec![30080, 30443]))), None);
     }
 
     #[test]
-    fn missing_target_group_is_fatal() {
-        let f = check(&expected(), None, None, None);
-        assert_eq!(f, [Finding::TargetGroupMissing { arn: "arn:tg/gh/1".into() }]);
-        assert!(f[0].is_fatal());
+    fn missing_target_group_is_named() {
+        assert_eq!(
+            missing(&expected(), None),
+            Finding::TargetGroupMissing {
+                arn: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/gh/1".into()
+            }
+        );
     }
 
     #[test]
     fn replaced_target_group_names_both_arns() {
         let other = TargetGroupFacts { arn: "arn:tg/gh/2".into(), ..live() };
-        let f = check(&expected(), None, Some(&other), None);
-        assert!(matches!(&f[0], Finding::TargetGroupReplaced { found_arn, .. } if found_arn == "arn:tg/gh/2"));
-        assert!(f[0].is_fatal());
-        assert!(f[0].to_string().contains("replaced"));
+        let f = missing(&expected(), Some(&other));
+        assert!(matches!(&f, Finding::TargetGroupReplaced { found_arn, .. } if found_arn == "arn:tg/gh/2"));
+        assert!(f.to_string().contains("replaced"));
+        let nameless = Expected { target_group_name: None, ..expected() };
+        assert!(matches!(missing(&nameless, Some(&other)), Finding::TargetGroupMissing { .. }));
     }
 
     #[test]
     fn each_field_is_reported_on_its_own() {
-        let port = check(&expected(), Some(&TargetGroupFacts { port: Some(80), ..live() }), None, None);
+        let port = check_target_group(&expected(), &TargetGroupFacts { port: Some(80), ..live() });
         assert_eq!(port, [Finding::Port { expected: 30080, found: Some(80) }]);
         assert_eq!(port[0].to_string(), "target group port: expected 30080 (the NodePort), found 80");
 
-        let tt = check(&expected(), Some(&TargetGroupFacts { target_type: "instance".into(), ..live() }), None, None);
+        let tt = check_target_group(&expected(), &TargetGroupFacts { target_type: "instance".into(), ..live() });
         assert_eq!(tt, [Finding::TargetType { expected: "ip".into(), found: "instance".into() }]);
 
-        let hc =
-            check(&expected(), Some(&TargetGroupFacts { health_check_path: Some("/".into()), ..live() }), None, None);
+        let hc = check_target_group(&expected(), &TargetGroupFacts { health_check_path: Some("/".into()), ..live() });
         assert_eq!(hc, [Finding::HealthCheckPath { expected: "/_gatehouse/ready".into(), found: Some("/".into()) }]);
 
-        let svc = check(&expected(), Some(&live()), None, Some(&proxy(Some(vec![31000]))));
-        assert_eq!(svc[0].to_string(), "proxy Service gatehouse/proxy: expected nodePort 30080, found nodePort 31000");
-
-        let gone = check(&expected(), Some(&live()), None, Some(&proxy(None)));
-        assert_eq!(gone, [Finding::ProxyServiceMissing { service: "gatehouse/proxy".into() }]);
-        assert!(!gone[0].is_fatal());
+        let svc = check_proxy_service(30080, &proxy(Some(vec![31000]))).expect("finding");
+        assert_eq!(svc.to_string(), "proxy Service gatehouse/proxy: expected nodePort 30080, found nodePort 31000");
+        assert_eq!(
+            check_proxy_service(30080, &proxy(None)),
+            Some(Finding::ProxyServiceMissing { service: "gatehouse/proxy".into() })
+        );
+        let none = check_proxy_service(30080, &proxy(Some(vec![]))).expect("finding");
+        assert_eq!(none.to_string(), "proxy Service gatehouse/proxy: expected nodePort 30080, found no nodePort");
     }
 
     #[test]
     fn several_fields_are_all_reported() {
         let tg = TargetGroupFacts { port: None, target_type: "instance".into(), health_check_path: None, ..live() };
-        assert_eq!(check(&expected(), Some(&tg), None, Some(&proxy(Some(vec![])))).len(), 4);
+        assert_eq!(check_target_group(&expected(), &tg).len(), 3);
     }
 
     #[test]
     fn without_a_handshake_the_target_type_is_not_checked() {
         let e = Expected { target_type: None, target_group_name: None, ..expected() };
-        let tg = TargetGroupFacts { target_type: "instance".into(), ..live() };
-        assert!(check(&e, Some(&tg), None, None).is_empty());
+        assert!(check_target_group(&e, &TargetGroupFacts { target_type: "instance".into(), ..live() }).is_empty());
     }
 }

@@ -4,53 +4,19 @@
 //! (`{"gatehouse": {"sensitive": false, "type": [...], "value": {...}}, ...}`) and
 //! `terraform output -json gatehouse` (the bare object). Unknown fields are ignored.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+use crate::drift::Expected;
+use crate::model::{TargetGroupArn, TargetType};
 
 /// The only handshake schema this provisioner understands.
 pub const SCHEMA_VERSION: u64 = 1;
 
 /// The name of the Terraform output that carries the handshake.
 pub const OUTPUT_NAME: &str = "gatehouse";
-
-/// How the target group addresses its targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TargetType {
-    /// Targets are EC2 instance ids (`i-...`), taken from the node's `providerID`.
-    Instance,
-    /// Targets are IP addresses, taken from the node's InternalIP.
-    Ip,
-}
-
-impl TargetType {
-    /// Parses the target type as AWS and the handshake spell it; `None` for types the
-    /// provisioner cannot register nodes as (`lambda`, `alb`).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "instance" => Some(Self::Instance),
-            "ip" => Some(Self::Ip),
-            _ => None,
-        }
-    }
-
-    /// The spelling AWS and the handshake use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Instance => "instance",
-            Self::Ip => "ip",
-        }
-    }
-}
-
-impl fmt::Display for TargetType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The handshake as the Terraform module writes it (schema version 1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,7 +25,7 @@ pub struct Handshake {
     pub load_balancer_arn: String,
     pub load_balancer_name: String,
     pub load_balancer_dns_name: String,
-    pub target_group_arn: String,
+    pub target_group_arn: TargetGroupArn,
     pub target_group_name: String,
     pub target_type: TargetType,
     pub node_port: u16,
@@ -68,6 +34,17 @@ pub struct Handshake {
     pub health_check_port: String,
     pub deregistration_delay_seconds: u64,
     pub vpc_id: String,
+}
+
+impl From<&Handshake> for Expected {
+    fn from(h: &Handshake) -> Self {
+        Self {
+            target_group_arn: h.target_group_arn.clone(),
+            target_group_name: Some(h.target_group_name.clone()),
+            node_port: h.node_port,
+            target_type: Some(h.target_type),
+        }
+    }
 }
 
 /// Why a handshake file could not be used. Every variant names the file.
@@ -125,7 +102,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Handshake, HandshakeError> {
         load_balancer_arn: fields.string("load_balancer_arn")?,
         load_balancer_name: fields.string("load_balancer_name")?,
         load_balancer_dns_name: fields.string("load_balancer_dns_name")?,
-        target_group_arn: fields.string("target_group_arn")?,
+        target_group_arn: fields.arn("target_group_arn")?,
         target_group_name: fields.string("target_group_name")?,
         target_type,
         node_port,
@@ -177,6 +154,10 @@ impl Fields<'_> {
             .as_u64()
             .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
             .ok_or_else(|| self.invalid(field, format!("expected a non-negative whole number, found {value}")))
+    }
+
+    fn arn(&self, field: &'static str) -> Result<TargetGroupArn, HandshakeError> {
+        self.string(field)?.parse().map_err(|reason| self.invalid(field, reason))
     }
 
     fn invalid(&self, field: &'static str, reason: String) -> HandshakeError {
@@ -282,6 +263,16 @@ mod tests {
         let mut v = bare();
         v["node_port"] = json!("30080");
         assert_eq!(parse_value(&v).expect("stringly port").node_port, 30080);
+    }
+
+    #[test]
+    fn a_malformed_target_group_arn_is_refused_locally() {
+        for bad in ["hello", "arn:aws:elasticloadbalancing:us-east-1:000000000000:loadbalancer/app/gh/1"] {
+            let mut v = bare();
+            v["target_group_arn"] = json!(bad);
+            let msg = parse_value(&v).expect_err(bad).to_string();
+            assert!(msg.starts_with("the handshake file out.json has an invalid `target_group_arn`: "), "{msg}");
+        }
     }
 
     #[test]

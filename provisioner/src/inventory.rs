@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use serde_json::Value;
 
 /// Why an inventory file could not be used. Every variant names the file.
@@ -15,8 +15,10 @@ pub enum InventoryError {
     Syntax { path: PathBuf, line: Option<u64>, column: Option<u64>, message: String },
     #[error("the nodes file {} is not a NodeList (expected `kind: List` or `kind: NodeList` with `items`, as `kubectl get nodes -o yaml` prints, or a single Node)", path.display())]
     NotANodeList { path: PathBuf },
-    #[error("the nodes file {} has an invalid Node at items[{index}]{}: {message}", path.display(), name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default())]
-    BadItem { path: PathBuf, index: usize, name: Option<String>, message: String },
+    /// Nothing proceeds with an unreadable Node: its target could be one that must stay, and a
+    /// partial registration would be a half-applied change.
+    #[error("the nodes file {} has {} invalid Node{}, so nothing was planned: {}", path.display(), items.len(), if items.len() == 1 { "" } else { "s" }, items.join("; "))]
+    BadItems { path: PathBuf, items: Vec<String> },
 }
 
 fn at(line: Option<u64>, column: Option<u64>) -> String {
@@ -34,6 +36,8 @@ pub fn load(path: &Path) -> Result<Vec<Node>, InventoryError> {
 }
 
 /// Parses nodes-file text (YAML, or JSON which is YAML too); `path` only names the source.
+/// Only the fields the provisioner reads are parsed, so an oddity anywhere else in a Node (a
+/// field a newer Kubernetes added, a quantity in an unusual form) does not matter.
 pub fn parse(text: &str, path: &Path) -> Result<Vec<Node>, InventoryError> {
     let doc: Value = serde_saphyr::from_str(text).map_err(|e| InventoryError::Syntax {
         path: path.to_owned(),
@@ -49,23 +53,70 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Node>, InventoryError> {
         (Some("List" | "NodeList") | None, Some(Value::Null)) => Vec::new(),
         _ => return Err(not_a_list()),
     };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(index, item)| {
-            let name = item.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).map(str::to_owned);
-            let bad =
-                |message: String| InventoryError::BadItem { path: path.to_owned(), index, name: name.clone(), message };
-            match item.get("kind").and_then(Value::as_str) {
-                Some("Node") | None => {}
-                Some(other) => return Err(bad(format!("kind is {other}, not Node"))),
+    let mut nodes = Vec::new();
+    let mut bad = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        match node_from_item(item) {
+            Ok(node) => nodes.push(node),
+            Err(message) => {
+                let name = item.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str);
+                bad.push(format!("items[{index}]{}: {message}", name.map(|n| format!(" ({n})")).unwrap_or_default()));
             }
-            if name.is_none() {
-                return Err(bad("metadata.name is missing".into()));
-            }
-            serde_json::from_value::<Node>(item.clone()).map_err(|e| bad(e.to_string()))
-        })
-        .collect()
+        }
+    }
+    if bad.is_empty() { Ok(nodes) } else { Err(InventoryError::BadItems { path: path.to_owned(), items: bad }) }
+}
+
+/// The fields of a Node the provisioner reads, each checked on its own.
+fn node_from_item(item: &Value) -> Result<Node, String> {
+    match item.get("kind").and_then(Value::as_str) {
+        Some("Node") | None => {}
+        Some(other) => return Err(format!("kind is {other}, not Node")),
+    }
+    let name = item
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or("metadata.name is missing")?;
+    let mut node = Node::default();
+    node.metadata.name = Some(name.to_owned());
+    node.metadata.labels = field(item, &["metadata", "labels"])?;
+    node.metadata.deletion_timestamp = field(item, &["metadata", "deletionTimestamp"])?;
+    let spec = node.spec.get_or_insert_default();
+    spec.unschedulable = field(item, &["spec", "unschedulable"])?;
+    spec.taints = field(item, &["spec", "taints"])?;
+    spec.provider_id = field(item, &["spec", "providerID"])?;
+    let status = node.status.get_or_insert_default();
+    status.addresses = field(item, &["status", "addresses"])?;
+    // Of a condition only type and status matter; its times may be anything.
+    let conditions: Option<Vec<ConditionFields>> = field(item, &["status", "conditions"])?;
+    status.conditions = conditions.map(|cs| {
+        cs.into_iter().map(|c| NodeCondition { type_: c.type_, status: c.status, ..Default::default() }).collect()
+    });
+    Ok(node)
+}
+
+#[derive(serde::Deserialize)]
+struct ConditionFields {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
+}
+
+/// The value at `path`, if present, as `T`; a wrong type names the path.
+fn field<T: serde::de::DeserializeOwned>(item: &Value, path: &[&str]) -> Result<Option<T>, String> {
+    let mut value = item;
+    for key in path {
+        match value.get(key) {
+            Some(v) => value = v,
+            None => return Ok(None),
+        }
+    }
+    if value.is_null() {
+        return Ok(None);
+    }
+    serde_json::from_value(value.clone()).map(Some).map_err(|e| format!("{}: {e}", path.join(".")))
 }
 
 #[cfg(test)]
@@ -139,13 +190,42 @@ items:
         assert!(matches!(parse(svc, Path::new("s.yaml")), Err(InventoryError::NotANodeList { .. })));
         let mixed = "kind: List\nitems:\n- kind: Pod\n  metadata: {name: p}\n";
         let msg = parse(mixed, Path::new("m.yaml")).expect_err("pod").to_string();
-        assert_eq!(msg, "the nodes file m.yaml has an invalid Node at items[0] (p): kind is Pod, not Node");
-        let typed = "kind: List\nitems:\n- metadata: {name: q}\n  spec: {unschedulable: maybe}\n";
-        assert!(parse(typed, Path::new("t.yaml")).expect_err("type").to_string().contains("items[0] (q)"));
-        let nameless = "kind: List\nitems:\n- metadata: {}\n";
-        assert!(
-            parse(nameless, Path::new("t.yaml")).expect_err("name").to_string().contains("metadata.name is missing")
+        assert_eq!(
+            msg,
+            "the nodes file m.yaml has 1 invalid Node, so nothing was planned: items[0] (p): kind is Pod, not Node"
         );
+    }
+
+    #[test]
+    fn every_invalid_node_is_named_in_one_line() {
+        let text = "kind: List\nitems:\n- metadata: {name: q}\n  spec: {unschedulable: maybe}\n- metadata: {name: ok}\n- metadata: {}\n";
+        let msg = parse(text, Path::new("t.yaml")).expect_err("bad items").to_string();
+        assert!(
+            msg.starts_with(
+                "the nodes file t.yaml has 2 invalid Nodes, so nothing was planned: items[0] (q): spec.unschedulable: "
+            ),
+            "{msg}"
+        );
+        assert!(msg.ends_with("; items[2]: metadata.name is missing"), "{msg}");
+        assert_eq!(msg.lines().count(), 1);
+    }
+
+    #[test]
+    fn oddities_in_fields_the_provisioner_does_not_read_do_not_matter() {
+        let text = r#"
+kind: List
+items:
+- metadata: {name: n1, annotations: {a: 1}}
+  spec: {podCIDR: [not, a, string]}
+  status:
+    capacity: {cpu: {odd: true}}
+    conditions: [{type: Ready, status: "True", lastHeartbeatTime: yesterday}]
+    addresses: [{type: InternalIP, address: 10.0.0.1}]
+"#;
+        let nodes = parse(text, Path::new("n.yaml")).expect("lenient");
+        let view = crate::nodes::view(&nodes[0], &crate::nodes::Selector::default());
+        assert_eq!(view.eligibility, Ok(()));
+        assert_eq!(view.internal_ips, ["10.0.0.1".parse::<std::net::IpAddr>().expect("ip")]);
     }
 
     #[test]

@@ -5,7 +5,15 @@
 //! duration *by its own clock* (so clock skew between replicas does not matter), or at once when
 //! the holder released it. Every write carries the resourceVersion it read, so of two replicas
 //! racing for the same lease exactly one wins (the other gets 409 Conflict).
+//!
+//! Split brain is ruled out by time: a holder leads only until `renew_deadline` after the start
+//! of its last successful renewal ([`Leadership`]), every renewal attempt is bounded by what is
+//! left of that, and `renew_deadline < duration`. Another replica takes over no sooner than
+//! `duration` after it *saw* that renewal, which is after it started; so the old holder has
+//! stopped writing `duration - renew_deadline` before anyone else may start.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -13,27 +21,221 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-/// Which lease, who we are, how long a lease lasts.
+use crate::metrics::Metrics;
+
+/// Which lease, who we are, and the three timings of client-go's leader election.
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
     pub namespace: String,
     pub name: String,
     pub identity: String,
+    /// How long a lease lasts without renewal: others wait this long after the last renewal
+    /// they saw before taking over.
     pub duration: Duration,
+    /// The holder stops writing this long after the start of its last successful renewal.
+    pub renew_deadline: Duration,
+    /// How often the holder renews, and others try to acquire.
+    pub retry_period: Duration,
 }
 
 impl LeaseConfig {
-    /// How often the holder renews, and others retry: a third of the duration, so two renewals
-    /// can fail before the lease expires.
-    pub fn retry_period(&self) -> Duration {
-        self.duration / 3
+    /// The defaults of client-go (and of the Kubernetes controllers that use it).
+    pub const DEFAULT_DURATION: Duration = Duration::from_secs(15);
+    pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
+    pub const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+    /// Checks `retry_period < renew_deadline < duration`, as client-go does.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.renew_deadline >= self.duration {
+            return Err(format!(
+                "--renew-deadline {} must be shorter than --lease-duration {}",
+                humantime::format_duration(self.renew_deadline),
+                humantime::format_duration(self.duration)
+            ));
+        }
+        if self.retry_period >= self.renew_deadline || self.retry_period.is_zero() {
+            return Err(format!(
+                "--retry-period {} must be above zero and shorter than --renew-deadline {}",
+                humantime::format_duration(self.retry_period),
+                humantime::format_duration(self.renew_deadline)
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether this process may write now. Cheap to clone; every clone sees the same state.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    state: Arc<watch::Sender<Term>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Term {
+    /// One-shot commands: no election, always allowed.
+    Always,
+    /// Leading until this instant.
+    Until(Instant),
+    Standby,
+}
+
+/// A write attempted without leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("lost the leader election: not writing")]
+pub struct NotLeader;
+
+impl Leadership {
+    /// For one-shot commands, which write without an election.
+    pub fn always() -> Self {
+        Self { state: Arc::new(watch::Sender::new(Term::Always)) }
     }
 
-    /// A holder that has not renewed for this long stops writing, before anyone may take over.
-    pub fn renew_deadline(&self) -> Duration {
-        self.duration * 2 / 3
+    /// For `watch`: not leading until [`hold`] acquires the lease.
+    pub fn standby() -> Self {
+        Self { state: Arc::new(watch::Sender::new(Term::Standby)) }
+    }
+
+    /// Whether writes are allowed now.
+    pub fn is_leader(&self) -> bool {
+        match *self.state.borrow() {
+            Term::Always => true,
+            Term::Until(until) => Instant::now() < until,
+            Term::Standby => false,
+        }
+    }
+
+    /// `Ok` when writes are allowed now; checked right before every write.
+    pub fn check(&self) -> Result<(), NotLeader> {
+        if self.is_leader() { Ok(()) } else { Err(NotLeader) }
+    }
+
+    /// Completes once writes are not allowed (at once if they are not now). Never completes for
+    /// [`Leadership::always`].
+    pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.state.subscribe();
+        async move {
+            loop {
+                let term = *rx.borrow_and_update();
+                match term {
+                    Term::Standby => return,
+                    Term::Until(until) if Instant::now() >= until => return,
+                    Term::Always => {
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    Term::Until(until) => {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(until) => {}
+                            changed = rx.changed() => if changed.is_err() { tokio::time::sleep_until(until).await },
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Completes once writes are allowed.
+    pub async fn gained(&self) {
+        let mut rx = self.state.subscribe();
+        loop {
+            if self.is_leader() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    fn lead_until(&self, until: Instant) {
+        self.state.send_replace(Term::Until(until));
+    }
+
+    fn stand_by(&self) {
+        self.state.send_replace(Term::Standby);
+    }
+
+    /// When the current term ends, if leading on a lease.
+    fn until(&self) -> Option<Instant> {
+        match *self.state.borrow() {
+            Term::Until(until) => Some(until),
+            Term::Always | Term::Standby => None,
+        }
+    }
+}
+
+/// Acquires and renews the lease until `cancel`, keeping `leadership` and the `leader` gauge
+/// true to it; releases the lease at the end (bounded by a renew deadline). Each attempt is
+/// bounded: by what is left of the term while leading, by the renew deadline otherwise.
+pub async fn hold(mut elector: Elector, leadership: Leadership, metrics: Metrics, cancel: CancellationToken) {
+    let config = elector.config().clone();
+    let mut was_leader = false;
+    loop {
+        let started = Instant::now();
+        let term_left = leadership.until().filter(|until| *until > started).map(|until| until - started);
+        let bound = term_left.unwrap_or(config.renew_deadline);
+        match tokio::time::timeout(bound, elector.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => leadership.lead_until(started + config.renew_deadline),
+            Ok(Ok(false)) => leadership.stand_by(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::cluster::api_error("renew the lease", &e), "lease round failed");
+            }
+            Err(_) => tracing::warn!(timeout = ?bound, "lease round timed out; the API server did not answer"),
+        }
+        was_leader = note_transition(&leadership, &metrics, &config.identity, was_leader);
+        // Sleep until the next round, waking at the end of the term to stop leading on time.
+        let next = started + config.retry_period;
+        loop {
+            let expiry = leadership.until().filter(|u| *u > Instant::now());
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    release(&mut elector, &leadership, &metrics, config.renew_deadline).await;
+                    return;
+                }
+                () = tokio::time::sleep_until(next) => break,
+                () = sleep_until_opt(expiry) => {
+                    was_leader = note_transition(&leadership, &metrics, &config.identity, was_leader);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs and exports a change of leadership; returns the new state.
+fn note_transition(leadership: &Leadership, metrics: &Metrics, identity: &str, was: bool) -> bool {
+    let now = leadership.is_leader();
+    metrics.leader.set(i64::from(now));
+    if now != was {
+        tracing::info!(identity, leader = now, "leadership changed");
+    }
+    now
+}
+
+async fn release(elector: &mut Elector, leadership: &Leadership, metrics: &Metrics, bound: Duration) {
+    let was = leadership.is_leader();
+    leadership.stand_by();
+    metrics.leader.set(0);
+    if !was {
+        return;
+    }
+    match tokio::time::timeout(bound, elector.release()).await {
+        Ok(Ok(())) => tracing::info!("released the lease"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %crate::cluster::api_error("release the lease", &e), "could not release the lease")
+        }
+        Err(_) => tracing::warn!("could not release the lease: the API server did not answer"),
     }
 }
 
@@ -47,10 +249,12 @@ pub struct Elector {
 }
 
 impl Elector {
+    /// An elector for `config`'s lease.
     pub fn new(client: Client, config: LeaseConfig) -> Self {
         Self { api: Api::namespaced(client, &config.namespace), config, observed: None }
     }
 
+    /// The lease and timings.
     pub fn config(&self) -> &LeaseConfig {
         &self.config
     }
@@ -153,6 +357,8 @@ mod tests {
             name: "gp".into(),
             identity: identity.into(),
             duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
         };
         (Elector::new(Client::new(service, "default"), config), handle)
     }
@@ -182,6 +388,45 @@ mod tests {
     fn lease(holder: &str, rv: &str) -> serde_json::Value {
         json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "gp", "namespace": "gh", "resourceVersion": rv},
                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15, "renewTime": "2026-11-26T20:00:00.000000Z", "leaseTransitions": 3}})
+    }
+
+    #[test]
+    fn timings_must_nest_as_client_go_requires() {
+        let ok = LeaseConfig {
+            namespace: "gh".into(),
+            name: "gp".into(),
+            identity: "a".into(),
+            duration: LeaseConfig::DEFAULT_DURATION,
+            renew_deadline: LeaseConfig::DEFAULT_RENEW_DEADLINE,
+            retry_period: LeaseConfig::DEFAULT_RETRY_PERIOD,
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        let deadline = LeaseConfig { renew_deadline: Duration::from_secs(15), ..ok.clone() };
+        assert_eq!(deadline.validate(), Err("--renew-deadline 15s must be shorter than --lease-duration 15s".into()));
+        let retry = LeaseConfig { retry_period: Duration::from_secs(10), ..ok };
+        assert!(retry.validate().expect_err("retry").starts_with("--retry-period 10s must be"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_term_ends_on_time_and_lost_wakes_then() {
+        let leadership = Leadership::standby();
+        assert!(!leadership.is_leader());
+        let until = Instant::now() + Duration::from_secs(10);
+        leadership.lead_until(until);
+        assert!(leadership.is_leader() && leadership.check().is_ok());
+        let lost = tokio::spawn(leadership.lost());
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(!lost.is_finished() && leadership.is_leader());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(lost.await.is_ok());
+        assert_eq!(leadership.check(), Err(NotLeader));
+        // A renewal moves the end; standing by ends it at once.
+        leadership.lead_until(Instant::now() + Duration::from_secs(5));
+        let lost = tokio::spawn(leadership.lost());
+        tokio::task::yield_now().await;
+        leadership.stand_by();
+        assert!(lost.await.is_ok());
+        assert!(Leadership::always().is_leader());
     }
 
     #[tokio::test]

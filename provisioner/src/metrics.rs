@@ -1,4 +1,5 @@
-//! Prometheus metrics: AWS API calls by operation and outcome, reconciles, registered targets.
+//! Prometheus metrics: AWS API calls by operation and outcome, reconciles, registered targets,
+//! readiness-gate updates.
 //! The same counts are readable in-process ([`ApiCalls::snapshot`]) so tests can assert budgets.
 
 use std::collections::BTreeMap;
@@ -17,8 +18,14 @@ struct ApiLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
+struct ReconcileLabels {
     result: String,
+    work: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 /// Counts of AWS API operations (one per operation, retries included in it), by name and outcome.
@@ -29,7 +36,8 @@ pub struct ApiCalls {
 }
 
 /// Read operations of the ELBv2 API, as the SDK names them.
-const READS: &[&str] = &["DescribeTargetGroups", "DescribeTargetHealth", "DescribeTargetGroupAttributes"];
+const READS: &[&str] =
+    &["DescribeTargetGroups", "DescribeTargetHealth", "DescribeTargetGroupAttributes", "DescribeTags", "DescribeVpcs"];
 
 impl ApiCalls {
     /// Records one finished operation.
@@ -54,6 +62,11 @@ impl CallSnapshot {
     /// Calls of one operation, any outcome.
     pub fn of(&self, operation: &str) -> u64 {
         self.0.iter().filter(|((op, _), _)| op == operation).map(|(_, n)| n).sum()
+    }
+
+    /// All calls.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
     }
 
     /// Read calls (Describe*).
@@ -83,9 +96,14 @@ impl CallSnapshot {
 #[derive(Debug, Clone, Default)]
 pub struct Metrics {
     pub api_calls: ApiCalls,
-    reconciles: Family<ResultLabels, Counter>,
+    reconciles: Family<ReconcileLabels, Counter>,
+    gate_updates: Family<ReasonLabels, Counter>,
     /// Targets registered at the NodePort after the last reconcile.
     pub targets_registered: Gauge,
+    /// Eligible nodes left out by the target group's quota.
+    pub targets_over_quota: Gauge,
+    /// Deregistrations held back: later waves and refusals.
+    pub deregistrations_held: Gauge,
     /// Drift findings at the last full check.
     pub drift_findings: Gauge,
     /// 1 while this replica holds the lease.
@@ -93,17 +111,34 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Counts one reconcile by result (`ok`, `refused`, `error`).
-    pub fn reconciled(&self, result: &str) {
-        self.reconciles.get_or_create(&ResultLabels { result: result.to_owned() }).inc();
+    /// Counts one reconcile by result (`ok`, `held_back`, `error`, `cancelled`) and by the work
+    /// it did (`gates`, `cluster`, `alb`, `full`).
+    pub fn reconciled(&self, result: &str, work: &str) {
+        self.reconciles.get_or_create(&ReconcileLabels { result: result.to_owned(), work: work.to_owned() }).inc();
+    }
+
+    /// Counts one readiness-gate condition set, by its reason.
+    pub fn gate_updated(&self, reason: &str) {
+        self.gate_updates.get_or_create(&ReasonLabels { reason: reason.to_owned() }).inc();
     }
 
     /// A registry holding every metric, for `/metrics`.
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("gatehouse_provisioner");
         r.register("aws_api_calls", "AWS API operations by operation and outcome", self.api_calls.family.clone());
-        r.register("reconciles", "Reconciles by result", self.reconciles.clone());
+        r.register("reconciles", "Reconciles by result and work", self.reconciles.clone());
+        r.register("gate_updates", "Readiness-gate conditions set on proxy pods, by reason", self.gate_updates.clone());
         r.register("targets_registered", "Targets registered at the NodePort", self.targets_registered.clone());
+        r.register(
+            "targets_over_quota",
+            "Eligible nodes left out by the target group's quota",
+            self.targets_over_quota.clone(),
+        );
+        r.register(
+            "deregistrations_held",
+            "Deregistrations held back (later waves, refusals)",
+            self.deregistrations_held.clone(),
+        );
         r.register("drift_findings", "Drift findings at the last check", self.drift_findings.clone());
         r.register("leader", "1 while this replica holds the lease", self.leader.clone());
         r
@@ -130,7 +165,7 @@ mod tests {
         m.api_calls.record("RegisterTargets", "service_error");
         let delta = m.api_calls.snapshot().since(&before);
         assert_eq!((delta.reads(), delta.writes(), delta.of("RegisterTargets")), (1, 1, 1));
-        m.reconciled("ok");
+        m.reconciled("ok", "full");
         let text = m.encode();
         assert!(
             text.contains(
@@ -138,6 +173,6 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains(r#"gatehouse_provisioner_reconciles_total{result="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"gatehouse_provisioner_reconciles_total{result="ok",work="full"} 1"#), "{text}");
     }
 }

@@ -1,56 +1,112 @@
 //! Which nodes should receive traffic, and under which target id. Pure: no I/O.
+//!
+//! [`view`] reduces a Node to its contribution to the desired target set ([`NodeView`]):
+//! eligibility, the instance id and the InternalIPs. Everything else a Node carries (heartbeat
+//! times, capacity, images) is dropped, so `watch` can tell in O(1) that an update changes
+//! nothing. The rules are those of the AWS Load Balancer Controller and the Kubernetes service
+//! controller, plus the removal signals of Karpenter and Cluster Autoscaler; each is a row of
+//! [`tests::eligibility_table`].
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::Node;
 use serde::Serialize;
 
-use crate::handshake::TargetType;
+use crate::model::{IpFamily, TargetType};
 
-/// The label with which Kubernetes itself keeps a node out of external load balancers.
+/// The label with which Kubernetes itself keeps a node out of external load balancers
+/// (kubeadm puts it on control-plane nodes; Karpenter on a node it terminates).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+/// Its alpha spelling, which the AWS Load Balancer Controller still honours.
+pub const EXCLUDE_LABEL_ALPHA: &str = "alpha.service-controller.kubernetes.io/exclude-balancer";
+/// Control-plane role labels (current and legacy): such nodes run no proxy pod.
+pub const CONTROL_PLANE_LABELS: [&str; 2] = ["node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master"];
+/// EKS labels Fargate nodes with `eks.amazonaws.com/compute-type=fargate`: no DaemonSet runs there.
+pub const COMPUTE_TYPE_LABEL: &str = "eks.amazonaws.com/compute-type";
 
-/// The taint cluster-autoscaler (and Karpenter's compatibility mode) puts on a node it is about
-/// to remove: the node is going away, so it is drained from the ALB first.
-pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+/// Cluster Autoscaler's taint on a node it is about to remove (NoSchedule).
+pub const CA_TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+/// Karpenter v1's taint on a node it disrupts (NoSchedule), set before it drains the node.
+pub const KARPENTER_DISRUPTED_TAINT: &str = "karpenter.sh/disrupted";
+/// The same signal in Karpenter v0.32-v0.37 (`karpenter.sh/disruption=disrupting:NoSchedule`).
+pub const KARPENTER_DISRUPTION_TAINT: &str = "karpenter.sh/disruption";
 
 /// Why a node must not receive traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Ineligible {
-    /// The node is being deleted or is tainted for removal.
-    GoingAway,
-    /// `spec.unschedulable` (kubectl cordon).
+    /// `metadata.deletionTimestamp` is set.
+    Deleting,
+    /// Cluster Autoscaler's `ToBeDeletedByClusterAutoscaler` taint.
+    RemovedByClusterAutoscaler,
+    /// Karpenter's `karpenter.sh/disrupted:NoSchedule` (or v0.3x `karpenter.sh/disruption`) taint.
+    DisruptedByKarpenter,
+    /// `spec.unschedulable` (kubectl cordon, kubectl drain).
     Cordoned,
     /// The Ready condition is not True.
     NotReady,
-    /// Carries [`EXCLUDE_LABEL`].
+    /// Carries [`EXCLUDE_LABEL`] (or its alpha spelling).
     Excluded,
+    /// A control-plane node.
+    ControlPlane,
+    /// An EKS Fargate node.
+    Fargate,
     /// Does not match `--node-selector`.
     NotSelected,
+    /// No ready proxy pod runs on it (the proxy Service's EndpointSlices say so).
+    NoReadyProxy,
+}
+
+impl Ineligible {
+    /// Whether the reason is a node's own affirmative signal (it is leaving, not ready, cordoned,
+    /// has no ready proxy...) rather than a consequence of what discovery did not see. The share
+    /// guard caps only the second kind: a wrong selector looks like nodes going missing.
+    pub fn is_affirmative(self) -> bool {
+        !matches!(self, Self::NotSelected)
+    }
+
+    /// Deregistration order inside a wave: nodes that are leaving first.
+    pub fn urgency(self) -> u8 {
+        match self {
+            Self::Deleting | Self::RemovedByClusterAutoscaler | Self::DisruptedByKarpenter => 0,
+            Self::NoReadyProxy | Self::NotReady => 1,
+            Self::Cordoned => 2,
+            Self::Excluded | Self::ControlPlane | Self::Fargate | Self::NotSelected => 3,
+        }
+    }
 }
 
 impl fmt::Display for Ineligible {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::GoingAway => "node is going away",
+            Self::Deleting => "node is being deleted",
+            Self::RemovedByClusterAutoscaler => {
+                "node is being removed by Cluster Autoscaler (ToBeDeletedByClusterAutoscaler)"
+            }
+            Self::DisruptedByKarpenter => "node is being disrupted by Karpenter (karpenter.sh/disrupted)",
             Self::Cordoned => "node is cordoned",
             Self::NotReady => "node is not Ready",
             Self::Excluded => "node is excluded from external load balancers",
+            Self::ControlPlane => "node is a control-plane node",
+            Self::Fargate => "node is an EKS Fargate node",
             Self::NotSelected => "node does not match the node selector",
+            Self::NoReadyProxy => "no ready proxy pod on the node",
         })
     }
 }
 
 /// Why a node has no target id; reported, never guessed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "detail")]
 pub enum Unmappable {
     NoProviderId,
     NotAnAwsInstance(String),
     NoInternalIp,
+    /// The node has InternalIPs, none of the target group's family.
+    NoInternalIpOfFamily(IpFamily),
 }
 
 impl fmt::Display for Unmappable {
@@ -61,47 +117,79 @@ impl fmt::Display for Unmappable {
                 write!(f, "spec.providerID {p:?} does not name an EC2 instance (aws:///zone/i-...)")
             }
             Self::NoInternalIp => f.write_str("node has no InternalIP address"),
+            Self::NoInternalIpOfFamily(family) => {
+                write!(f, "node has no {family} InternalIP, the target group's IP address type")
+            }
         }
     }
 }
 
-/// One node as the provisioner sees it.
+/// One node's contribution to the desired target set: everything the provisioner reads from
+/// it, nothing else. Two views are equal exactly when the node's part of the plan is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeEntry {
+pub struct NodeView {
     pub name: String,
-    /// The target id for the target group's type, or why there is none.
-    pub target_id: Result<String, Unmappable>,
-    /// `Ok` when the node should receive traffic; otherwise every reason it should not.
+    /// `Ok` when the node itself may receive traffic; otherwise every reason it may not.
     pub eligibility: Result<(), Vec<Ineligible>>,
+    /// From `spec.providerID`.
+    pub instance_id: Result<String, Unmappable>,
+    /// The InternalIP addresses, in the node's order.
+    pub internal_ips: Vec<IpAddr>,
 }
 
-/// Classifies every node: eligibility and target id.
-pub fn classify(nodes: &[Node], selector: &Selector, target_type: TargetType) -> Vec<NodeEntry> {
-    let mut entries: Vec<NodeEntry> = nodes
-        .iter()
-        .map(|node| NodeEntry {
-            name: node.metadata.name.clone().unwrap_or_default(),
-            target_id: target_id(node, target_type),
-            eligibility: eligibility(node, selector),
-        })
-        .collect();
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    entries
+impl NodeView {
+    /// The target id for the target group's type and address family: the instance id, or the
+    /// first InternalIP of the family (a dual-stack node may list either family first).
+    pub fn target_id(&self, target_type: TargetType, family: IpFamily) -> Result<String, Unmappable> {
+        match target_type {
+            TargetType::Instance => self.instance_id.clone(),
+            TargetType::Ip => match self.internal_ips.iter().find(|ip| family.contains(ip)) {
+                Some(ip) => Ok(ip.to_string()),
+                None if self.internal_ips.is_empty() => Err(Unmappable::NoInternalIp),
+                None => Err(Unmappable::NoInternalIpOfFamily(family)),
+            },
+        }
+    }
 }
 
-/// The target ids of all classified nodes, eligible or not, keyed by id.
-pub fn by_target_id(entries: &[NodeEntry]) -> BTreeMap<&str, &NodeEntry> {
-    entries.iter().filter_map(|e| e.target_id.as_deref().ok().map(|id| (id, e))).collect()
+/// Reduces every node to its view, sorted by name.
+pub fn views(nodes: &[Node], selector: &Selector) -> Vec<NodeView> {
+    let mut out: Vec<NodeView> = nodes.iter().map(|n| view(n, selector)).collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
-/// Whether a node should receive traffic now.
+/// Reduces a Node to what the provisioner reads from it.
+pub fn view(node: &Node, selector: &Selector) -> NodeView {
+    NodeView {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        eligibility: eligibility(node, selector),
+        instance_id: instance_id_of(node),
+        internal_ips: internal_ips(node),
+    }
+}
+
+/// The views of all nodes that have a target id, keyed by it.
+pub fn by_target_id(views: &[NodeView], target_type: TargetType, family: IpFamily) -> BTreeMap<String, &NodeView> {
+    views.iter().filter_map(|v| v.target_id(target_type, family).ok().map(|id| (id, v))).collect()
+}
+
+/// Whether a node may receive traffic; every reason it may not.
 pub fn eligibility(node: &Node, selector: &Selector) -> Result<(), Vec<Ineligible>> {
     let mut reasons = Vec::new();
     let spec = node.spec.as_ref();
-    let tainted_for_removal =
-        spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| ts.iter().any(|t| t.key == TO_BE_DELETED_TAINT));
-    if node.metadata.deletion_timestamp.is_some() || tainted_for_removal {
-        reasons.push(Ineligible::GoingAway);
+    let taints = spec.and_then(|s| s.taints.as_deref()).unwrap_or_default();
+    if node.metadata.deletion_timestamp.is_some() {
+        reasons.push(Ineligible::Deleting);
+    }
+    if taints.iter().any(|t| t.key == CA_TO_BE_DELETED_TAINT) {
+        reasons.push(Ineligible::RemovedByClusterAutoscaler);
+    }
+    // Karpenter's taint is NoSchedule; the same key with another effect is not its signal.
+    if taints.iter().any(|t| {
+        (t.key == KARPENTER_DISRUPTED_TAINT || t.key == KARPENTER_DISRUPTION_TAINT) && t.effect == "NoSchedule"
+    }) {
+        reasons.push(Ineligible::DisruptedByKarpenter);
     }
     if spec.and_then(|s| s.unschedulable).unwrap_or(false) {
         reasons.push(Ineligible::Cordoned);
@@ -115,37 +203,39 @@ pub fn eligibility(node: &Node, selector: &Selector) -> Result<(), Vec<Ineligibl
     if !ready {
         reasons.push(Ineligible::NotReady);
     }
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    if labels.contains_key(EXCLUDE_LABEL) {
+    let empty = BTreeMap::new();
+    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
+    if labels.contains_key(EXCLUDE_LABEL) || labels.contains_key(EXCLUDE_LABEL_ALPHA) {
         reasons.push(Ineligible::Excluded);
     }
-    if !selector.matches(&labels) {
+    if CONTROL_PLANE_LABELS.iter().any(|l| labels.contains_key(*l)) {
+        reasons.push(Ineligible::ControlPlane);
+    }
+    if labels.get(COMPUTE_TYPE_LABEL).is_some_and(|v| v == "fargate") {
+        reasons.push(Ineligible::Fargate);
+    }
+    if !selector.matches(labels) {
         reasons.push(Ineligible::NotSelected);
     }
     if reasons.is_empty() { Ok(()) } else { Err(reasons) }
 }
 
-/// The node's target id for the target group's type.
-pub fn target_id(node: &Node, target_type: TargetType) -> Result<String, Unmappable> {
-    match target_type {
-        TargetType::Instance => {
-            let provider_id = node
-                .spec
-                .as_ref()
-                .and_then(|s| s.provider_id.as_deref())
-                .filter(|p| !p.is_empty())
-                .ok_or(Unmappable::NoProviderId)?;
-            instance_id(provider_id).ok_or_else(|| Unmappable::NotAnAwsInstance(provider_id.to_owned()))
-        }
-        TargetType::Ip => node
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-            .map(|a| a.address.clone())
-            .filter(|a| a.parse::<std::net::IpAddr>().is_ok())
-            .ok_or(Unmappable::NoInternalIp),
-    }
+fn instance_id_of(node: &Node) -> Result<String, Unmappable> {
+    let provider_id = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .filter(|p| !p.is_empty())
+        .ok_or(Unmappable::NoProviderId)?;
+    instance_id(provider_id).ok_or_else(|| Unmappable::NotAnAwsInstance(provider_id.to_owned()))
+}
+
+fn internal_ips(node: &Node) -> Vec<IpAddr> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|a| a.iter().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// `aws:///us-east-1a/i-0abc` -> `i-0abc`. Anything else is not an EC2 instance.
@@ -216,6 +306,8 @@ pub(crate) mod fixtures {
     use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Taint};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
+    use super::{NodeView, Selector, view};
+
     /// A Ready, schedulable node with an InternalIP and an AWS providerID.
     pub fn node(name: &str, ip: &str, instance: &str) -> Node {
         Node {
@@ -236,6 +328,16 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// The views of nodes, with no selector.
+    pub fn views_of(nodes: &[Node]) -> Vec<NodeView> {
+        super::views(nodes, &Selector::default())
+    }
+
+    /// One node's view, with no selector.
+    pub fn view_of(node: &Node) -> NodeView {
+        view(node, &Selector::default())
+    }
+
     pub fn cordoned(mut n: Node) -> Node {
         n.spec.get_or_insert_default().unschedulable = Some(true);
         n
@@ -253,10 +355,14 @@ pub(crate) mod fixtures {
         n
     }
 
-    pub fn tainted(mut n: Node, key: &str) -> Node {
+    pub fn tainted(n: Node, key: &str) -> Node {
+        tainted_with(n, key, "NoSchedule")
+    }
+
+    pub fn tainted_with(mut n: Node, key: &str, effect: &str) -> Node {
         n.spec.get_or_insert_default().taints.get_or_insert_default().push(Taint {
             key: key.into(),
-            effect: "NoSchedule".into(),
+            effect: effect.into(),
             ..Default::default()
         });
         n
@@ -264,6 +370,17 @@ pub(crate) mod fixtures {
 
     pub fn deleting(mut n: Node) -> Node {
         n.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        n
+    }
+
+    pub fn with_internal_ips(mut n: Node, ips: &[&str]) -> Node {
+        let status = n.status.get_or_insert_default();
+        status.addresses = Some(
+            ips.iter()
+                .map(|ip| NodeAddress { type_: "InternalIP".into(), address: (*ip).into() })
+                .chain(std::iter::once(NodeAddress { type_: "Hostname".into(), address: "h".into() }))
+                .collect(),
+        );
         n
     }
 }
@@ -277,39 +394,70 @@ mod tests {
         s.parse().expect("selector")
     }
 
+    /// One row per rule: the node, the reasons it is not a target (empty: it is one), and where
+    /// the rule comes from. The provisioner README's eligibility table is this table.
     #[test]
-    fn ready_schedulable_node_is_eligible() {
-        assert_eq!(eligibility(&node("a", "10.0.0.1", "i-1"), &Selector::default()), Ok(()));
-    }
-
-    #[test]
-    fn each_reason_makes_a_node_ineligible() {
+    fn eligibility_table() {
         let n = || node("a", "10.0.0.1", "i-1");
-        let none = Selector::default();
-        assert_eq!(eligibility(&cordoned(n()), &none), Err(vec![Ineligible::Cordoned]));
-        assert_eq!(eligibility(&not_ready(n()), &none), Err(vec![Ineligible::NotReady]));
-        assert_eq!(eligibility(&labelled(n(), EXCLUDE_LABEL, ""), &none), Err(vec![Ineligible::Excluded]));
-        assert_eq!(eligibility(&tainted(n(), TO_BE_DELETED_TAINT), &none), Err(vec![Ineligible::GoingAway]));
-        assert_eq!(eligibility(&deleting(n()), &none), Err(vec![Ineligible::GoingAway]));
-        assert_eq!(eligibility(&n(), &sel("pool=edge")), Err(vec![Ineligible::NotSelected]));
-    }
-
-    #[test]
-    fn unrelated_taints_do_not_matter() {
-        let n = tainted(node("a", "10.0.0.1", "i-1"), "dedicated");
-        assert_eq!(eligibility(&n, &Selector::default()), Ok(()));
-    }
-
-    #[test]
-    fn reasons_accumulate() {
-        let n = cordoned(not_ready(node("a", "10.0.0.1", "i-1")));
-        assert_eq!(eligibility(&n, &Selector::default()), Err(vec![Ineligible::Cordoned, Ineligible::NotReady]));
-    }
-
-    #[test]
-    fn node_without_any_status_is_not_ready() {
-        let n = Node::default();
-        assert_eq!(eligibility(&n, &Selector::default()), Err(vec![Ineligible::NotReady]));
+        use Ineligible::*;
+        let rows: Vec<(&str, Node, Vec<Ineligible>)> = vec![
+            ("Ready, schedulable: a target (every tool)", n(), vec![]),
+            ("Ready condition False (LBC, service controller)", not_ready(n()), vec![NotReady]),
+            ("no Ready condition at all (LBC)", Node::default(), vec![NotReady]),
+            ("cordoned, spec.unschedulable (LBC; kubectl drain cordons first)", cordoned(n()), vec![Cordoned]),
+            (
+                "exclude-from-external-load-balancers label (service controller, LBC, Karpenter)",
+                labelled(n(), EXCLUDE_LABEL, "karpenter"),
+                vec![Excluded],
+            ),
+            ("alpha exclude-balancer label (LBC)", labelled(n(), EXCLUDE_LABEL_ALPHA, ""), vec![Excluded]),
+            (
+                "control-plane role label (kubeadm, LBC: master)",
+                labelled(n(), "node-role.kubernetes.io/control-plane", ""),
+                vec![ControlPlane],
+            ),
+            ("legacy master role label (LBC)", labelled(n(), "node-role.kubernetes.io/master", ""), vec![ControlPlane]),
+            ("EKS Fargate node (LBC)", labelled(n(), COMPUTE_TYPE_LABEL, "fargate"), vec![Fargate]),
+            ("EKS EC2 compute type is fine", labelled(n(), COMPUTE_TYPE_LABEL, "ec2"), vec![]),
+            (
+                "ToBeDeletedByClusterAutoscaler taint (CA, LBC, service controller)",
+                tainted(n(), CA_TO_BE_DELETED_TAINT),
+                vec![RemovedByClusterAutoscaler],
+            ),
+            (
+                "karpenter.sh/disrupted:NoSchedule (Karpenter v1, LBC)",
+                tainted(n(), KARPENTER_DISRUPTED_TAINT),
+                vec![DisruptedByKarpenter],
+            ),
+            (
+                "karpenter.sh/disruption:NoSchedule (Karpenter v0.32-v0.37)",
+                tainted(n(), KARPENTER_DISRUPTION_TAINT),
+                vec![DisruptedByKarpenter],
+            ),
+            (
+                "karpenter.sh/disrupted with another effect is not the signal",
+                tainted_with(n(), KARPENTER_DISRUPTED_TAINT, "PreferNoSchedule"),
+                vec![],
+            ),
+            (
+                "DeletionCandidateOfClusterAutoscaler (PreferNoSchedule: a candidate, not a decision)",
+                tainted_with(n(), "DeletionCandidateOfClusterAutoscaler", "PreferNoSchedule"),
+                vec![],
+            ),
+            (
+                "deletionTimestamp set (Karpenter's finalizer holds the node while it drains)",
+                deleting(n()),
+                vec![Deleting],
+            ),
+            ("an unrelated taint", tainted(n(), "dedicated"), vec![]),
+            ("not matching --node-selector", labelled(n(), "pool", "batch"), vec![NotSelected]),
+            ("several reasons at once are all reported", cordoned(not_ready(n())), vec![Cordoned, NotReady]),
+        ];
+        let selector = sel("pool!=batch");
+        for (what, node, expected) in rows {
+            let want = if expected.is_empty() { Ok(()) } else { Err(expected) };
+            assert_eq!(eligibility(&node, &selector), want, "{what}");
+        }
     }
 
     #[test]
@@ -328,36 +476,60 @@ mod tests {
 
     #[test]
     fn instance_target_id_comes_from_provider_id() {
-        let n = node("a", "10.0.0.1", "i-0abc123");
-        assert_eq!(target_id(&n, TargetType::Instance), Ok("i-0abc123".into()));
+        let v = view_of(&node("a", "10.0.0.1", "i-0abc123"));
+        assert_eq!(v.target_id(TargetType::Instance, IpFamily::V4), Ok("i-0abc123".into()));
     }
 
     #[test]
-    fn ip_target_id_is_the_internal_ip() {
-        let n = node("a", "10.0.0.1", "i-1");
-        assert_eq!(target_id(&n, TargetType::Ip), Ok("10.0.0.1".into()));
+    fn ip_target_id_is_the_first_internal_ip_of_the_target_groups_family() {
+        let v = view_of(&node("a", "10.0.0.1", "i-1"));
+        assert_eq!(v.target_id(TargetType::Ip, IpFamily::V4), Ok("10.0.0.1".into()));
+        // Dual stack with IPv6 listed first: an ipv4 group takes the IPv4 address, an ipv6 one the IPv6.
+        let dual = view_of(&with_internal_ips(node("a", "x", "i-1"), &["fd00::e", "10.0.0.7"]));
+        assert_eq!(dual.target_id(TargetType::Ip, IpFamily::V4), Ok("10.0.0.7".into()));
+        assert_eq!(dual.target_id(TargetType::Ip, IpFamily::V6), Ok("fd00::e".into()));
+        // IPv6-only: not a target of an ipv4 group, and said so.
+        let v6 = view_of(&with_internal_ips(node("a", "x", "i-1"), &["fd00::e"]));
+        assert_eq!(v6.target_id(TargetType::Ip, IpFamily::V4), Err(Unmappable::NoInternalIpOfFamily(IpFamily::V4)));
+        assert_eq!(
+            Unmappable::NoInternalIpOfFamily(IpFamily::V4).to_string(),
+            "node has no ipv4 InternalIP, the target group's IP address type"
+        );
     }
 
     #[test]
     fn unmappable_nodes_are_reported_not_guessed() {
         let mut n = node("a", "10.0.0.1", "i-1");
         n.spec.get_or_insert_default().provider_id = Some("kind://docker/kind/kind-worker".into());
-        assert!(matches!(target_id(&n, TargetType::Instance), Err(Unmappable::NotAnAwsInstance(_))));
+        assert!(matches!(view_of(&n).instance_id, Err(Unmappable::NotAnAwsInstance(_))));
         n.spec.get_or_insert_default().provider_id = None;
-        assert_eq!(target_id(&n, TargetType::Instance), Err(Unmappable::NoProviderId));
+        assert_eq!(view_of(&n).instance_id, Err(Unmappable::NoProviderId));
         n.spec.get_or_insert_default().provider_id = Some("aws:///us-east-1a/i-".into());
-        assert!(matches!(target_id(&n, TargetType::Instance), Err(Unmappable::NotAnAwsInstance(_))));
+        assert!(matches!(view_of(&n).instance_id, Err(Unmappable::NotAnAwsInstance(_))));
         n.status.get_or_insert_default().addresses = Some(vec![]);
-        assert_eq!(target_id(&n, TargetType::Ip), Err(Unmappable::NoInternalIp));
+        assert_eq!(view_of(&n).target_id(TargetType::Ip, IpFamily::V4), Err(Unmappable::NoInternalIp));
     }
 
     #[test]
-    fn classify_sorts_by_name_and_indexes_by_target_id() {
-        let nodes = vec![node("b", "10.0.0.2", "i-2"), cordoned(node("a", "10.0.0.1", "i-1"))];
-        let entries = classify(&nodes, &Selector::default(), TargetType::Ip);
-        assert_eq!(entries[0].name, "a");
-        assert_eq!(entries[0].eligibility, Err(vec![Ineligible::Cordoned]));
-        let index = by_target_id(&entries);
+    fn a_heartbeat_does_not_change_the_view() {
+        let before = node("a", "10.0.0.1", "i-1");
+        let mut after = before.clone();
+        for c in after.status.get_or_insert_default().conditions.get_or_insert_default() {
+            c.last_heartbeat_time =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+        }
+        after.metadata.resource_version = Some("99".into());
+        assert_ne!(before, after);
+        assert_eq!(view_of(&before), view_of(&after));
+        assert_ne!(view_of(&before), view_of(&cordoned(before.clone())));
+    }
+
+    #[test]
+    fn views_sort_by_name_and_index_by_target_id() {
+        let vs = views_of(&[node("b", "10.0.0.2", "i-2"), cordoned(node("a", "10.0.0.1", "i-1"))]);
+        assert_eq!(vs[0].name, "a");
+        assert_eq!(vs[0].eligibility, Err(vec![Ineligible::Cordoned]));
+        let index = by_target_id(&vs, TargetType::Ip, IpFamily::V4);
         assert_eq!(index["10.0.0.2"].name, "b");
         assert_eq!(index.len(), 2);
     }

@@ -68,7 +68,7 @@ async fn plan_on_an_empty_group_shows_every_node_and_exits_2() {
     assert_eq!(v["summary"]["register"], 3);
     assert_eq!(
         v["register"][0],
-        json!({"id": "10.42.0.11", "port": NODE_PORT, "node": "node-a", "reason": "node is eligible"})
+        json!({"id": "10.42.0.11", "port": NODE_PORT, "node": "node-a", "reason": "node is eligible", "availability_zone": null})
     );
     assert_eq!(v["target_group"]["arn"], tg.arn.as_str());
     tg.cleanup().await;
@@ -82,7 +82,10 @@ async fn sync_registers_every_node_and_a_second_plan_shows_nothing() {
     let (code, out, err) = text(&run(&["sync", "--handshake", p(&handshake), "--nodes-from", p(&nodes)]));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("Apply complete: 3 registered, 0 deregistered."), "{out}");
-    assert!(out.contains("(2 AWS read calls, 1 write calls.)"), "startup + health, one batched write: {out}");
+    assert!(
+        out.contains("(3 AWS read calls, 1 write calls.)"),
+        "the group, its VPC, its health; one batched write: {out}"
+    );
     let expected: Vec<String> =
         ["10.42.0.11", "10.42.0.12", "10.42.0.13"].iter().map(|ip| format!("{ip}:{NODE_PORT}")).collect();
     assert_eq!(tg.registered().await.into_iter().collect::<Vec<_>>(), expected);
@@ -174,9 +177,10 @@ async fn deregistering_more_than_the_share_is_refused_unless_forced() {
     let (code, out, _) = text(&run(&["plan", "--handshake", p(&handshake), "--nodes-from", p(&one)]));
     assert_eq!(code, 1, "a refused plan is an error: {out}");
     assert!(
-        out.contains("Error: refusing to deregister 3 of 4 registered targets: more than --max-deregister-share 0.5"),
+        out.contains("Error: refusing to deregister 3 of 4 registered targets whose nodes discovery did not find (or the node selector leaves out): more than --max-deregister-share 0.5"),
         "{out}"
     );
+    assert!(!out.contains("will perform"), "refused deregistrations are not announced as actions: {out}");
 
     let (code, _, err) = text(&run(&["sync", "--handshake", p(&handshake), "--nodes-from", p(&one)]));
     assert_eq!(code, 1);
@@ -298,6 +302,71 @@ async fn bad_input_is_one_sentence_naming_what_and_where() {
     assert_eq!(code, 1);
     assert_one_sentence(&err);
     assert!(err.contains("cannot read the handshake file /nonexistent/out.json"), "{err}");
+
+    // One malformed Node: every bad one is named, and nothing is planned.
+    let mut bad = three_nodes();
+    bad[1]["spec"]["unschedulable"] = json!("maybe");
+    bad.push(json!({"kind": "Node", "metadata": {}}));
+    let file = tg.write_nodes(&bad);
+    let (code, out, err) = text(&run(&["sync", "--handshake", p(&handshake), "--nodes-from", p(&file)]));
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_one_sentence(&err);
+    assert!(err.starts_with(&format!("error: the nodes file {} has 2 invalid Nodes, so nothing was planned: items[1] (node-b): spec.unschedulable: ", p(&file))), "{err}");
+    assert!(err.trim_end().ends_with("; items[3]: metadata.name is missing"), "{err}");
+    assert!(tg.registered().await.is_empty());
+    tg.cleanup().await;
+}
+
+#[test]
+fn malformed_target_group_arns_are_refused_before_any_aws_call() {
+    // An endpoint nothing listens on: a call would fail differently.
+    for (arn, why) in [
+        ("hello", "\"hello\" is not an ARN"),
+        (
+            "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/gh/0123",
+            "names a loadbalancer, not a target group",
+        ),
+    ] {
+        let o = Command::new(BIN)
+            .args(["plan", "--target-group-arn", arn, "--node-port", "30080", "--nodes-from", "/nonexistent.yaml"])
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .output()
+            .expect("run");
+        let (code, _, err) = text(&o);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.starts_with(&format!("error: invalid value '{arn}' for '--target-group-arn <ARN>': ")), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_kubernetes_api_that_never_answers_fails_in_bounded_time_naming_the_server() {
+    let tg = TargetGroupFixture::ip().await;
+    let handshake = tg.write_handshake(&tg.handshake());
+    // Accepts every connection and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let server = format!("http://{}", listener.local_addr().expect("addr"));
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let kubeconfig = tg.dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: hung\n  cluster: {{server: {server}}}\ncontexts:\n- name: hung\n  context: {{cluster: hung, user: hung}}\ncurrent-context: hung\nusers:\n- name: hung\n  user: {{}}\n")).expect("write");
+    let started = std::time::Instant::now();
+    let child = tokio::process::Command::new(BIN)
+        .args(["plan", "--handshake", p(&handshake), "--kubeconfig", p(&kubeconfig), "--kube-timeout", "2s"])
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let o = tokio::time::timeout(std::time::Duration::from_secs(30), child).await.expect("bounded").expect("run");
+    let took = started.elapsed();
+    let (code, _, err) = text(&o);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err, format!("error: the Kubernetes API at {server} did not answer within 2s (list Nodes)\n"));
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    hold.abort();
     tg.cleanup().await;
 }
 
@@ -339,6 +408,25 @@ async fn unreachable_endpoint_and_missing_credentials_are_one_sentence() {
     assert_eq!(code, 1);
     assert_one_sentence(&err);
     assert!(err.starts_with("error: no AWS credentials found"), "{err}");
+
+    // A profile that does not exist and no config files at all: the SDK's warnings (about 2 KB
+    // of dumped structs in ANSI colours, into a file as well) stay out of the one sentence.
+    let o = Command::new(BIN)
+        .args(["plan", "--handshake", p(&handshake), "--nodes-from", p(&nodes)])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("RUST_LOG")
+        .env("AWS_PROFILE", "no-such-profile")
+        .env("AWS_SHARED_CREDENTIALS_FILE", tg.dir.path().join("missing-credentials"))
+        .env("AWS_CONFIG_FILE", tg.dir.path().join("missing-config"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("run");
+    let (code, _, err) = text(&o);
+    assert_eq!(code, 1);
+    assert_one_sentence(&err);
+    assert!(!err.contains('\u{1b}'), "no ANSI escapes: {err:?}");
+    assert!(err.len() < 400, "{} bytes: {err}", err.len());
     tg.cleanup().await;
 }
 
@@ -362,6 +450,18 @@ async fn status_shows_target_health_next_to_each_node() {
     assert_ne!(a["state"], "not registered");
     let new = rows.iter().find(|r| r["node"] == "node-new").expect("node-new");
     assert_eq!(new["state"], "not registered");
+
+    // Every node that is not a target says why, in the REASON column.
+    let mut why = three_nodes();
+    why[1] = cordoned(why[1].clone());
+    why[2]["spec"]["taints"] = json!([{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]);
+    let file = tg.write_nodes(&why);
+    let (code, out, err) = text(&run(&["status", "--handshake", p(&handshake), "--nodes-from", p(&file)]));
+    assert_eq!(code, 0, "{err}");
+    let line = |node: &str| out.lines().find(|l| l.starts_with(node)).unwrap_or_default().to_owned();
+    assert!(line("node-b").ends_with("node is cordoned"), "{out}");
+    assert!(line("node-c").ends_with("node is being disrupted by Karpenter (karpenter.sh/disrupted)"), "{out}");
+    assert!(line("node-b").contains(" no "), "{out}");
     tg.cleanup().await;
 }
 
@@ -389,7 +489,15 @@ async fn instance_target_group_registers_the_instance_id_from_provider_id() {
 fn usage_errors_exit_1_not_the_changes_pending_code() {
     // No emulator needed: clap rejects the arguments before anything runs.
     let o = Command::new(BIN)
-        .args(["plan", "--handshake", "h.json", "--target-group-arn", "arn:x", "--node-port", "1"])
+        .args([
+            "plan",
+            "--handshake",
+            "h.json",
+            "--target-group-arn",
+            "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/gh/1",
+            "--node-port",
+            "1",
+        ])
         .output()
         .expect("run");
     let (code, _, err) = text(&o);

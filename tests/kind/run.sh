@@ -60,13 +60,20 @@ step "the chart (as the README installs it), and two convention-named services"
 kubectl create namespace gatehouse
 kubectl label namespace gatehouse pod-security.kubernetes.io/enforce=restricted
 # In-cluster, the provisioner could not reach the emulator on the host's loopback: the values
-# give it no replica, and it runs from the host below, against the same cluster.
+# give it no replica, and it runs from the host below, against the same cluster. No --wait: the
+# proxies are Ready only once that provisioner has set their readiness gate (waited for below).
 helm install gatehouse charts/gatehouse --namespace gatehouse -f tests/kind/values.yaml \
-  --set-file handshake="$WORK/handshake.json" --wait --timeout 180s
+  --set-file handshake="$WORK/handshake.json" --timeout 180s
 # The platform team grants the demo services' namespace the right to publish.
 kubectl label namespace default gatehouse.dev/publish=true
 kubectl apply -f tests/kind/demo-services.yaml
-kubectl -n gatehouse rollout status daemonset/gatehouse-proxy --timeout=180s
+# The proxies' readiness gate (gatehouse.dev/target-healthy) waits for the provisioner, which
+# registers a node once its proxy's own probe passes: wait for that, sync, then for the rollout.
+for _ in $(seq 90); do
+  [[ -n $(kubectl -n gatehouse get pods -l app.kubernetes.io/name=gatehouse-proxy -o name) ]] && break
+  sleep 2
+done
+kubectl -n gatehouse wait pod -l app.kubernetes.io/name=gatehouse-proxy --for=condition=ContainersReady --timeout=180s
 kubectl rollout status deployment/service-api-hello deployment/service-api-echo --timeout=180s
 
 step "the admission policy: a convention-named Service is refused where publishing is not granted"
@@ -95,6 +102,8 @@ set +e; "$provisioner" plan "${args[@]}"; code=$?; set -e
 [[ $code == 2 ]] || fail "plan should report pending registrations (exit 2), got $code"
 "$provisioner" sync "${args[@]}"
 "$provisioner" plan "${args[@]}" || fail "plan after sync should have nothing to do"
+# sync set each proxy pod's gate from the ALB's health (the emulator's targets are healthy at once).
+kubectl -n gatehouse rollout status daemonset/gatehouse-proxy --timeout=120s
 
 step "requests through each worker's NodePort and through the emulated ALB"
 expect() { # description expected-substring curl-args...

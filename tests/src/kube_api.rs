@@ -1,11 +1,14 @@
 //! An in-memory Kubernetes API server for integration tests.
 //!
 //! No kube-apiserver can run on the test machines, so this module serves the subset of the
-//! real API that gatehouse uses — core/v1 Nodes and Services, discovery.k8s.io/v1
+//! real API that gatehouse uses — core/v1 Nodes, Services and Pods, discovery.k8s.io/v1
 //! EndpointSlices and coordination.k8s.io/v1 Leases — over real HTTP/1.1 on loopback, with
 //! the real JSON shapes: `Status` errors, one global `resourceVersion` counter (as etcd
-//! has), optimistic concurrency on PUT, and chunked newline-delimited watch streams with
-//! bookmarks and `410 Expired` once a resourceVersion has left the bounded event history.
+//! has), optimistic concurrency on PUT, the `status` subresource, JSON merge and strategic
+//! merge patches (lists merged by their API merge key, e.g. a pod's conditions by `type`),
+//! deletion that waits for finalizers and a pod's grace period, and chunked newline-delimited
+//! watch streams with bookmarks and `410 Expired` once events of the watched kind after a
+//! resourceVersion have left the bounded event history.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub mod fixtures;
+pub mod fleet;
 
 /// The resource types the fake server knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,6 +50,8 @@ pub enum ResourceKind {
     Node,
     /// core/v1 Service (namespaced).
     Service,
+    /// core/v1 Pod (namespaced).
+    Pod,
     /// discovery.k8s.io/v1 EndpointSlice (namespaced).
     EndpointSlice,
     /// coordination.k8s.io/v1 Lease (namespaced).
@@ -54,13 +60,14 @@ pub enum ResourceKind {
 
 impl ResourceKind {
     /// Every kind served.
-    pub const ALL: [ResourceKind; 4] = [Self::Node, Self::Service, Self::EndpointSlice, Self::Lease];
+    pub const ALL: [ResourceKind; 5] = [Self::Node, Self::Service, Self::Pod, Self::EndpointSlice, Self::Lease];
 
     /// The `kind` field value, e.g. `Node`.
     pub fn kind(self) -> &'static str {
         match self {
             Self::Node => "Node",
             Self::Service => "Service",
+            Self::Pod => "Pod",
             Self::EndpointSlice => "EndpointSlice",
             Self::Lease => "Lease",
         }
@@ -69,7 +76,7 @@ impl ResourceKind {
     /// The API group, empty for the core group.
     pub fn group(self) -> &'static str {
         match self {
-            Self::Node | Self::Service => "",
+            Self::Node | Self::Service | Self::Pod => "",
             Self::EndpointSlice => "discovery.k8s.io",
             Self::Lease => "coordination.k8s.io",
         }
@@ -78,7 +85,7 @@ impl ResourceKind {
     /// The `apiVersion` field value, e.g. `discovery.k8s.io/v1`.
     pub fn api_version(self) -> &'static str {
         match self {
-            Self::Node | Self::Service => "v1",
+            Self::Node | Self::Service | Self::Pod => "v1",
             Self::EndpointSlice => "discovery.k8s.io/v1",
             Self::Lease => "coordination.k8s.io/v1",
         }
@@ -89,6 +96,7 @@ impl ResourceKind {
         match self {
             Self::Node => "nodes",
             Self::Service => "services",
+            Self::Pod => "pods",
             Self::EndpointSlice => "endpointslices",
             Self::Lease => "leases",
         }
@@ -109,9 +117,10 @@ impl ResourceKind {
         if self.group().is_empty() { self.plural().to_string() } else { format!("{}.{}", self.plural(), self.group()) }
     }
 
-    /// Nodes and Services have a `status` subresource: the main endpoint ignores status changes.
+    /// Nodes, Services and Pods have a `status` subresource: the main endpoint ignores status
+    /// changes.
     fn has_status_subresource(self) -> bool {
-        matches!(self, Self::Node | Self::Service)
+        matches!(self, Self::Node | Self::Service | Self::Pod)
     }
 
     /// Mirrors the real registry strategies' `AllowCreateOnUpdate`.
@@ -133,8 +142,9 @@ impl fmt::Display for ResourceKind {
 /// Tunables of the fake server.
 #[derive(Clone, Debug)]
 pub struct FakeApiOptions {
-    /// How many watch events are kept (across all kinds, like etcd's compaction window).
-    /// A watch from a resourceVersion older than this window gets `410 Expired`.
+    /// How many watch events are kept (across all kinds, like etcd's compaction window). A
+    /// watch from a resourceVersion gets `410 Expired` once an event of its own kind after it
+    /// has left this window (the real server watches from a cache per resource).
     pub history_size: usize,
     /// Interval between BOOKMARK events on watches with `allowWatchBookmarks=true`
     /// (one is always sent right after the watch has caught up).
@@ -341,6 +351,13 @@ struct Store {
     history: VecDeque<HistoryEvent>,
     /// Events up to and including this resourceVersion are gone from the history.
     compacted_through: u64,
+    /// Per kind, the resourceVersion of the last event of that kind dropped from the history:
+    /// the real API server serves watches from a cache per resource, so a flood of Node updates
+    /// does not expire a watch on Pods.
+    compacted_by_kind: HashMap<ResourceKind, u64>,
+    /// Set by a full compaction ([`FakeApiServer::compact_history`]): every kind's events up to
+    /// here are gone.
+    compacted_all: u64,
     history_size: usize,
     injected_errors: HashMap<ResourceKind, VecDeque<u16>>,
     watch_requests: HashMap<ResourceKind, u64>,
@@ -359,6 +376,8 @@ impl Store {
             resource_version: 1,
             history: VecDeque::new(),
             compacted_through: 0,
+            compacted_by_kind: HashMap::new(),
+            compacted_all: 0,
             history_size: history_size.max(1),
             injected_errors: HashMap::new(),
             watch_requests: HashMap::new(),
@@ -387,6 +406,7 @@ impl Store {
         while self.history.len() > self.history_size {
             if let Some(dropped) = self.history.pop_front() {
                 self.compacted_through = dropped.resource_version;
+                self.compacted_by_kind.insert(dropped.key.kind, dropped.resource_version);
             }
         }
         object
@@ -395,6 +415,12 @@ impl Store {
     fn compact(&mut self) {
         self.history.clear();
         self.compacted_through = self.resource_version;
+        self.compacted_all = self.resource_version;
+    }
+
+    /// A watch of `kind` from a resourceVersion below this has missed events: 410 Expired.
+    fn watch_expired_below(&self, kind: ResourceKind) -> u64 {
+        self.compacted_by_kind.get(&kind).copied().unwrap_or(0).max(self.compacted_all)
     }
 
     fn create(
@@ -439,6 +465,7 @@ impl Store {
         set_metadata_field(&mut object, "creationTimestamp", json!(rfc3339_now()));
         set_metadata_field(&mut object, "generation", json!(1));
         remove_metadata_field(&mut object, "deletionTimestamp");
+        remove_metadata_field(&mut object, "deletionGracePeriodSeconds");
         if kind == ResourceKind::Service {
             if mode != UpdateMode::Full {
                 object["status"] = json!({ "loadBalancer": {} });
@@ -509,7 +536,14 @@ impl Store {
             UpdateMode::Main | UpdateMode::Full => object,
         };
         // Server-owned metadata survives whatever the client sent.
-        for field in ["uid", "creationTimestamp", "deletionTimestamp", "generation", "resourceVersion"] {
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "resourceVersion",
+        ] {
             match current.get("metadata").and_then(|m| m.get(field)) {
                 Some(value) => set_metadata_field(&mut next, field, value.clone()),
                 None => remove_metadata_field(&mut next, field),
@@ -526,6 +560,11 @@ impl Store {
         if next == current {
             return Ok((current, false));
         }
+        // Removing the last finalizer of an object being deleted completes the deletion (a pod
+        // also needs its grace period to have been cut to 0, by the kubelet's final delete).
+        if deletion_can_complete(&next) && has_finalizers(&current) {
+            return Ok((self.commit(key, EventType::Deleted, next), false));
+        }
         Ok((self.commit(key, EventType::Modified, next), false))
     }
 
@@ -535,9 +574,10 @@ impl Store {
         namespace: Option<&str>,
         name: &str,
         patch: &Value,
-        is_apply: bool,
+        patch_kind: PatchKind,
         mode: UpdateMode,
     ) -> Result<(Value, bool), ApiError> {
+        let is_apply = patch_kind == PatchKind::Apply;
         if !patch.is_object() {
             return Err(ApiError::bad_request("the patch must be a JSON object"));
         }
@@ -560,15 +600,22 @@ impl Store {
             return Err(ApiError::stale(kind, name));
         }
         let mut merged = current;
-        merge_patch(&mut merged, patch);
+        match patch_kind {
+            PatchKind::Strategic => strategic_merge(&mut merged, patch, kind, "")?,
+            PatchKind::Merge | PatchKind::Apply => merge_patch(&mut merged, patch),
+        }
         set_metadata_field(&mut merged, "resourceVersion", json!(current_version));
         self.update(kind, namespace, name, merged, mode)
     }
 
-    fn delete(&mut self, key: &ObjectKey, preconditions: Option<&Value>) -> Result<Value, ApiError> {
-        let Some(current) = self.objects.get(key).cloned() else {
+    /// DELETE, as the real registry does it: an object with finalizers, or a pod bound to a
+    /// node with a grace period, only gets its `deletionTimestamp` (MODIFIED) and goes once its
+    /// finalizers are gone and, for a pod, a delete with grace period 0 has come (the kubelet's).
+    fn delete(&mut self, key: &ObjectKey, options: Option<&Value>) -> Result<Value, ApiError> {
+        let Some(mut current) = self.objects.get(key).cloned() else {
             return Err(ApiError::not_found(key.kind, &key.name));
         };
+        let preconditions = options.and_then(|o| o.get("preconditions"));
         if let Some(preconditions) = preconditions {
             for (field, what) in [("resourceVersion", "ResourceVersion"), ("uid", "UID")] {
                 if let Some(expected) = preconditions.get(field).and_then(Value::as_str) {
@@ -585,7 +632,33 @@ impl Store {
                 }
             }
         }
-        Ok(self.commit(key.clone(), EventType::Deleted, current))
+        let requested_grace = options.and_then(|o| o.get("gracePeriodSeconds")).and_then(Value::as_i64);
+        let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        let grace = if key.kind == ResourceKind::Pod && bound {
+            requested_grace
+                .or_else(|| current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+                .unwrap_or(30)
+                .max(0)
+        } else {
+            0
+        };
+        let terminating = current.pointer("/metadata/deletionTimestamp").is_some();
+        if terminating {
+            let shorter = current
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .is_some_and(|g| grace < g);
+            if !shorter {
+                return Ok(current);
+            }
+        }
+        if grace == 0 && !has_finalizers(&current) {
+            return Ok(self.commit(key.clone(), EventType::Deleted, current));
+        }
+        let at = SystemTime::now() + Duration::from_secs(grace.unsigned_abs());
+        set_metadata_field(&mut current, "deletionTimestamp", json!(rfc3339(at)));
+        set_metadata_field(&mut current, "deletionGracePeriodSeconds", json!(grace));
+        Ok(self.commit(key.clone(), EventType::Modified, current))
     }
 
     /// Gives a Service a clusterIP and its NodePort/LoadBalancer ports a nodePort, and
@@ -788,7 +861,136 @@ fn without_metadata_and_status(object: &Value) -> Value {
     copy
 }
 
-/// RFC 7386 JSON merge patch. Strategic-merge and apply patches are approximated by it;
+fn has_finalizers(object: &Value) -> bool {
+    object.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty())
+}
+
+/// An object being deleted whose deletion nothing holds any longer.
+fn deletion_can_complete(object: &Value) -> bool {
+    object.pointer("/metadata/deletionTimestamp").is_some()
+        && !has_finalizers(object)
+        && object.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) == 0
+}
+
+/// Which patch a PATCH request carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PatchKind {
+    /// `application/merge-patch+json`: RFC 7386.
+    Merge,
+    /// `application/strategic-merge-patch+json`.
+    Strategic,
+    /// `application/apply-patch+yaml`, approximated by a merge patch.
+    Apply,
+}
+
+/// How a strategic merge patch merges a list, from the API types' `patchStrategy` and
+/// `patchMergeKey` tags (only the fields of the kinds served here).
+enum ListMerge {
+    /// Elements with the same value of this field are merged; others are added.
+    ByKey(&'static str),
+    /// A set of scalars: the patch's values are added.
+    Union,
+}
+
+fn list_merge(kind: ResourceKind, path: &str) -> Option<ListMerge> {
+    use ResourceKind::{Node, Pod, Service};
+    match (kind, path) {
+        (_, "/metadata/finalizers") => Some(ListMerge::Union),
+        (_, "/metadata/ownerReferences") => Some(ListMerge::ByKey("uid")),
+        (Pod | Node, "/status/conditions") | (Node, "/status/addresses") => Some(ListMerge::ByKey("type")),
+        (Pod, "/spec/containers" | "/spec/initContainers" | "/spec/volumes" | "/spec/containers[]/env") => {
+            Some(ListMerge::ByKey("name"))
+        }
+        (Pod, "/spec/containers[]/ports") => Some(ListMerge::ByKey("containerPort")),
+        (Service, "/spec/ports") => Some(ListMerge::ByKey("port")),
+        _ => None,
+    }
+}
+
+/// A strategic merge patch: maps merge as in a JSON merge patch, lists with a merge key merge
+/// element by element (`$patch: delete` on an element removes it), other lists are replaced.
+/// `$setElementOrder` directives (ordering only) are accepted and ignored; other directives are
+/// refused rather than half-honoured.
+fn strategic_merge(target: &mut Value, patch: &Value, kind: ResourceKind, path: &str) -> Result<(), ApiError> {
+    let Value::Object(patch_fields) = patch else {
+        *target = patch.clone();
+        return Ok(());
+    };
+    if patch_fields.get("$patch").and_then(Value::as_str) == Some("replace") {
+        let mut replacement = patch.clone();
+        remove_field(&mut replacement, "$patch");
+        *target = replacement;
+        return Ok(());
+    }
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(target_fields) = target else { return Ok(()) };
+    for (key, value) in patch_fields {
+        if key.starts_with("$setElementOrder/") {
+            continue;
+        }
+        if key.starts_with('$') {
+            return Err(ApiError::bad_request(format!(
+                "the fake API server does not support the strategic merge directive {key:?}"
+            )));
+        }
+        let child = format!("{path}/{key}");
+        if value.is_null() {
+            target_fields.remove(key);
+            continue;
+        }
+        match (list_merge(kind, &child), value) {
+            (Some(ListMerge::ByKey(merge_key)), Value::Array(items)) => {
+                let slot = target_fields.entry(key.clone()).or_insert_with(|| json!([]));
+                if !slot.is_array() {
+                    *slot = json!([]);
+                }
+                let Value::Array(existing) = slot else { continue };
+                for item in items {
+                    let id = item.get(merge_key).cloned();
+                    let position =
+                        id.as_ref().and_then(|id| existing.iter().position(|e| e.get(merge_key) == Some(id)));
+                    let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
+                    match (position, delete) {
+                        (Some(at), true) => {
+                            existing.remove(at);
+                        }
+                        (None, true) => {}
+                        (Some(at), false) => strategic_merge(&mut existing[at], item, kind, &format!("{child}[]"))?,
+                        (None, false) => {
+                            let mut added = json!({});
+                            strategic_merge(&mut added, item, kind, &format!("{child}[]"))?;
+                            existing.push(added);
+                        }
+                    }
+                }
+            }
+            (Some(ListMerge::Union), Value::Array(items)) => {
+                let slot = target_fields.entry(key.clone()).or_insert_with(|| json!([]));
+                if !slot.is_array() {
+                    *slot = json!([]);
+                }
+                if let Value::Array(existing) = slot {
+                    for item in items {
+                        if !existing.contains(item) {
+                            existing.push(item.clone());
+                        }
+                    }
+                }
+            }
+            (_, Value::Object(_)) => {
+                strategic_merge(target_fields.entry(key.clone()).or_insert(Value::Null), value, kind, &child)?;
+            }
+            _ => {
+                target_fields.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RFC 7386 JSON merge patch (server-side apply patches are approximated by it);
 /// `$patch`-style directives are dropped rather than stored.
 fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch_fields) = patch else {
@@ -813,7 +1015,11 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 fn rfc3339_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    rfc3339(SystemTime::now())
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
@@ -968,7 +1174,8 @@ fn parse_field_selector(kind: ResourceKind, selector: &str) -> Result<Vec<FieldR
             };
             let field = field.trim();
             let supported = matches!(field, "metadata.name" | "metadata.namespace")
-                || (kind == ResourceKind::Node && field == "spec.unschedulable");
+                || (kind == ResourceKind::Node && field == "spec.unschedulable")
+                || (kind == ResourceKind::Pod && matches!(field, "spec.nodeName" | "status.phase"));
             if !supported {
                 return Err(ApiError::bad_request(format!("field label not supported: {field}")));
             }
@@ -1009,6 +1216,10 @@ impl ObjectFilter {
                 let actual = match requirement.field.as_str() {
                     "metadata.name" => key.name.clone(),
                     "metadata.namespace" => key.namespace.clone(),
+                    "spec.nodeName" => {
+                        object.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").to_owned()
+                    }
+                    "status.phase" => object.pointer("/status/phase").and_then(Value::as_str).unwrap_or("").to_owned(),
                     _ => object.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false).to_string(),
                 };
                 (actual == requirement.value) == requirement.equals
@@ -1191,10 +1402,25 @@ impl FakeApiServer {
         serde_json::from_value(stored).map_err(|e| ApiError::bad_request(e.to_string()))
     }
 
-    /// Deletes an object, emitting DELETED with its last state. `namespace` is ignored for Nodes.
+    /// Deletes an object as a client's DELETE does: at once (DELETED with its last state), or,
+    /// for an object with finalizers or a pod bound to a node, by setting its
+    /// `deletionTimestamp` (MODIFIED). `namespace` is ignored for Nodes.
     pub fn delete(&self, kind: ResourceKind, namespace: Option<&str>, name: &str) -> Result<Value, ApiError> {
         let key = object_key(kind, namespace, name);
         self.shared.mutate(|store| store.delete(&key, None))
+    }
+
+    /// A DELETE with `gracePeriodSeconds`: `Some(0)` for a pod is the kubelet's final delete once
+    /// its containers have stopped.
+    pub fn delete_with_grace(
+        &self,
+        kind: ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        grace_seconds: i64,
+    ) -> Result<Value, ApiError> {
+        let key = object_key(kind, namespace, name);
+        self.shared.mutate(|store| store.delete(&key, Some(&json!({ "gracePeriodSeconds": grace_seconds }))))
     }
 
     /// The stored object, if any. `namespace` is ignored for Nodes; `None` means `default` otherwise.
@@ -1431,14 +1657,13 @@ fn serve_resource(
         Method::PATCH => {
             let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
             let content_type = content_type.split(';').next().unwrap_or("").trim();
-            let (patch, is_apply) = match content_type {
-                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
-                    (parse_json_body(body)?, false)
-                }
+            let (patch, patch_kind) = match content_type {
+                "application/merge-patch+json" => (parse_json_body(body)?, PatchKind::Merge),
+                "application/strategic-merge-patch+json" => (parse_json_body(body)?, PatchKind::Strategic),
                 "application/apply-patch+yaml" => {
                     let patch: Value = serde_saphyr::from_slice(body)
                         .map_err(|e| ApiError::bad_request(format!("the apply patch is not valid YAML: {e}")))?;
-                    (patch, true)
+                    (patch, PatchKind::Apply)
                 }
                 other => {
                     return Err(ApiError::new(
@@ -1449,14 +1674,17 @@ fn serve_resource(
                 }
             };
             let (stored, created) =
-                shared.mutate(|store| store.patch(kind, namespace, name, &patch, is_apply, mode))?;
+                shared.mutate(|store| store.patch(kind, namespace, name, &patch, patch_kind, mode))?;
             let code = if created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(json_response(code, &render(&stored)))
         }
         Method::DELETE if !route.status_subresource => {
-            let options = if body.is_empty() { None } else { Some(parse_json_body(body)?) };
-            let preconditions = options.as_ref().and_then(|o| o.get("preconditions"));
-            let deleted = shared.mutate(|store| store.delete(&key, preconditions))?;
+            let mut options = if body.is_empty() { None } else { Some(parse_json_body(body)?) };
+            // kube sends DeleteParams in the body; kubectl may put gracePeriodSeconds in the query.
+            if let Some(grace) = params.get("gracePeriodSeconds").and_then(|g| g.parse::<i64>().ok()) {
+                options.get_or_insert_with(|| json!({}))["gracePeriodSeconds"] = json!(grace);
+            }
+            let deleted = shared.mutate(|store| store.delete(&key, options.as_ref()))?;
             Ok(json_response(StatusCode::OK, &render(&deleted)))
         }
         _ => Err(ApiError::method_not_allowed(method)),
@@ -1632,12 +1860,11 @@ fn start_watch(
         *store.open_watches.entry(kind).or_default() += 1;
         match from_version {
             Some(version) if !send_initial_events => {
-                if version < store.compacted_through {
+                let expired_below = store.watch_expired_below(kind);
+                if version < expired_below {
                     // Like the real server: 200, then one ERROR event, then the end.
-                    let gone = ApiError::expired(format!(
-                        "too old resource version: {version} ({})",
-                        store.compacted_through + 1
-                    ));
+                    let gone =
+                        ApiError::expired(format!("too old resource version: {version} ({})", expired_below + 1));
                     session.queue.push_back(event_line("ERROR", &gone.to_status()));
                     session.finished = true;
                 }
@@ -1693,13 +1920,10 @@ impl WatchSession {
         self.version_rx.borrow_and_update();
         let shared = self.shared.clone();
         let store = shared.lock();
-        if self.cursor < store.compacted_through {
-            // This watcher fell behind the history window.
-            let gone = ApiError::expired(format!(
-                "too old resource version: {} ({})",
-                self.cursor,
-                store.compacted_through + 1
-            ));
+        let expired_below = store.watch_expired_below(self.kind);
+        if self.cursor < expired_below {
+            // This watcher fell behind the history window of its kind.
+            let gone = ApiError::expired(format!("too old resource version: {} ({})", self.cursor, expired_below + 1));
             self.queue.push_back(event_line("ERROR", &gone.to_status()));
             self.finished = true;
             return;

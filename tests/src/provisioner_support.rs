@@ -40,6 +40,14 @@ pub async fn sdk() -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).http_client(gatehouse_provisioner::aws::https_client()).load().await
 }
 
+/// The provisioner's AWS adapter, as the binary builds it (the SDK reads AWS_ENDPOINT_URL),
+/// counting its calls into `calls`.
+pub async fn aws(calls: &gatehouse_provisioner::metrics::ApiCalls) -> gatehouse_provisioner::aws::Aws {
+    endpoint();
+    let sdk = gatehouse_provisioner::aws::load_sdk_config(None).await;
+    gatehouse_provisioner::aws::Aws::new(&sdk, calls.clone()).expect("a region is configured")
+}
+
 /// A name unique across test processes and runs: `gh-<pid>-<n>-<time>` (target group names
 /// are at most 32 characters).
 pub fn unique_name(prefix: &str) -> String {
@@ -93,23 +101,27 @@ impl TargetGroupFixture {
         Self { elb, ec2, vpc_id, arn, name, target_type: target_type.to_owned(), dir }
     }
 
-    /// The handshake the Terraform module would output for this group, as the bare object.
     /// What the provisioner is run with for this group: an `ip` group at [`NODE_PORT`], every
     /// node eligible, the default safety policy.
-    pub fn settings(&self, deregistration_delay: Option<std::time::Duration>) -> gatehouse_provisioner::sync::Settings {
-        gatehouse_provisioner::sync::Settings {
+    pub fn settings(
+        &self,
+        deregistration_delay: Option<std::time::Duration>,
+    ) -> gatehouse_provisioner::session::Settings {
+        gatehouse_provisioner::session::Settings {
             expected: gatehouse_provisioner::drift::Expected {
-                target_group_arn: self.arn.clone(),
+                target_group_arn: self.arn.parse().expect("the emulator's target group ARN"),
                 target_group_name: Some(self.name.clone()),
                 node_port: NODE_PORT,
-                target_type: Some(gatehouse_provisioner::handshake::TargetType::Ip),
+                target_type: Some(gatehouse_provisioner::model::TargetType::Ip),
             },
             selector: gatehouse_provisioner::nodes::Selector::default(),
             policy: gatehouse_provisioner::diff::Policy::default(),
             deregistration_delay,
+            node_port_from: None,
         }
     }
 
+    /// The handshake the Terraform module would output for this group, as the bare object.
     pub fn handshake(&self) -> Value {
         json!({
             "schema_version": 1,

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use gatehouse_tests::kube_api::fixtures::{endpoint_slice, lease, node, service};
+use gatehouse_tests::kube_api::fixtures::{endpoint_slice, lease, node, pod, service};
 use gatehouse_tests::kube_api::{FakeApiOptions, FakeApiServer, ResourceKind};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
-use kube::runtime::{reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -126,6 +126,7 @@ async fn wire_format_matches_the_real_api() {
         ("/api/v1/services", "ServiceList", "v1"),
         ("/api/v1/namespaces/a/services", "ServiceList", "v1"),
         ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSliceList", "discovery.k8s.io/v1"),
+        ("/api/v1/namespaces/a/pods", "PodList", "v1"),
         ("/apis/coordination.k8s.io/v1/namespaces/a/leases", "LeaseList", "coordination.k8s.io/v1"),
     ] {
         let (code, list) = raw_get(&fake, path).await;
@@ -138,7 +139,7 @@ async fn wire_format_matches_the_real_api() {
 
     let (code, status) = raw_get(&fake, "/api/v1/nodes?labelSelector=in%20in").await;
     assert_eq!((code, status["reason"].as_str()), (400, Some("BadRequest")));
-    let (code, status) = raw_get(&fake, "/api/v1/pods").await;
+    let (code, status) = raw_get(&fake, "/api/v1/configmaps").await;
     assert_eq!((code, status["kind"].as_str()), (404, Some("Status")));
 
     // Bad input is a Status, never a crash.
@@ -192,7 +193,7 @@ async fn selectors_and_pagination() {
 }
 
 /// What a watcher event says, reduced to comparable text.
-fn describe(event: &watcher::Event<Node>) -> String {
+fn describe<K: Resource>(event: &watcher::Event<K>) -> String {
     match event {
         watcher::Event::Init => "init".into(),
         watcher::Event::InitApply(n) => format!("init-apply {}", n.name_any()),
@@ -291,6 +292,24 @@ async fn expired_resource_version_makes_the_watcher_relist() {
     assert_eq!(relisted, ["init", "init-apply n1", "init-apply n2", "init-apply n3", "init-apply n4", "init-done"]);
     fake.apply_resource(&node("n5", "127.0.0.15").build()).expect("apply");
     assert_eq!(describe(&next(&mut events, "a change after the re-list").await.expect("event")), "apply n5 ");
+}
+
+#[tokio::test]
+async fn a_flood_of_one_kind_does_not_expire_the_watches_of_another() {
+    // The real API server serves watches from a cache per resource: Node heartbeats do not push
+    // a Service watch out of its window.
+    let fake = FakeApiServer::start_with(FakeApiOptions { history_size: 2, ..Default::default() }).await;
+    fake.apply_resource(&service("default", "a").build()).expect("apply");
+    let mut events = watcher(Api::<Service>::all(fake.client()), watcher::Config::default()).boxed();
+    for expected in ["init", "init-apply a", "init-done"] {
+        assert_eq!(describe(&next(&mut events, "initial list").await.expect("event")), expected);
+    }
+    for name in ["n1", "n2", "n3", "n4"] {
+        fake.apply_resource(&node(name, "127.0.0.12").build()).expect("apply");
+    }
+    fake.apply_resource(&service("default", "b").build()).expect("apply");
+    assert_eq!(describe(&next(&mut events, "the next Service").await.expect("event")), "apply b ");
+    assert_eq!(fake.watch_requests(ResourceKind::Service), 1, "watched on, no 410 and no re-list");
 }
 
 #[tokio::test]
@@ -494,4 +513,136 @@ async fn fault_hooks_and_kubeconfig() {
 
     fake.shutdown().await;
     assert!(nodes.list(&ListParams::default()).await.is_err(), "nothing answers after shutdown");
+}
+
+fn conditions(pod: &Pod) -> Vec<(String, String, Option<String>)> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| (c.type_, c.status, c.reason))
+        .collect()
+}
+
+#[tokio::test]
+async fn pod_status_patches_merge_conditions_by_type_as_the_real_api_does() {
+    let fake = FakeApiServer::start().await;
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "gatehouse");
+    let created = pods
+        .create(
+            &PostParams::default(),
+            &pod("gatehouse", "proxy-a", "n1").readiness_gate("gatehouse.dev/target-healthy").build(),
+        )
+        .await
+        .expect("create");
+    assert_eq!(conditions(&created).len(), 4, "the kubelet's four conditions");
+    let mut watch = std::pin::pin!(watcher(pods.clone(), watcher::Config::default()).applied_objects());
+    next(&mut watch, "the pod").await.expect("pod");
+
+    // Strategic merge on /status: the conditions merge by `type`; the others stay.
+    let gate = |status: &str, reason: &str| json!({"status": {"conditions": [{"type": "gatehouse.dev/target-healthy", "status": status, "reason": reason}]}});
+    let patched = pods
+        .patch_status("proxy-a", &PatchParams::default(), &Patch::Strategic(gate("False", "TargetNotHealthy")))
+        .await
+        .expect("patch");
+    assert_eq!(conditions(&patched).len(), 5, "{:?}", conditions(&patched));
+    let patched = pods
+        .patch_status("proxy-a", &PatchParams::default(), &Patch::Strategic(gate("True", "TargetHealthy")))
+        .await
+        .expect("patch");
+    let gates: Vec<_> = conditions(&patched).into_iter().filter(|c| c.0 == "gatehouse.dev/target-healthy").collect();
+    assert_eq!(gates, [("gatehouse.dev/target-healthy".into(), "True".into(), Some("TargetHealthy".into()))]);
+    assert!(conditions(&patched).iter().any(|c| c.0 == "ContainersReady" && c.1 == "True"));
+    // The watch sees the change, as MODIFIED.
+    let seen = next(&mut watch, "the patched pod").await.expect("pod");
+    assert!(conditions(&seen).len() >= 5);
+
+    // `$patch: delete` removes one element; `$setElementOrder` (ordering only) is accepted.
+    let delete = json!({"status": {"$setElementOrder/conditions": [{"type": "Ready"}], "conditions": [{"type": "gatehouse.dev/target-healthy", "$patch": "delete"}]}});
+    let patched =
+        pods.patch_status("proxy-a", &PatchParams::default(), &Patch::Strategic(delete)).await.expect("patch");
+    assert_eq!(conditions(&patched).len(), 4);
+    // A JSON merge patch replaces the whole list, as RFC 7386 says.
+    let patched = pods
+        .patch_status("proxy-a", &PatchParams::default(), &Patch::Merge(gate("True", "TargetHealthy")))
+        .await
+        .expect("patch");
+    assert_eq!(conditions(&patched).len(), 1);
+    // The main endpoint ignores status; directives it does not know are refused, not half-done.
+    let main =
+        pods.patch("proxy-a", &PatchParams::default(), &Patch::Strategic(gate("False", "X"))).await.expect("patch");
+    assert_eq!(conditions(&main), conditions(&patched));
+    let unknown = json!({"status": {"$retainKeys": ["conditions"]}});
+    let status = api_status(
+        pods.patch_status("proxy-a", &PatchParams::default(), &Patch::Strategic(unknown)).await.expect_err("refused"),
+    );
+    assert_eq!((status.code, status.reason.as_str()), (400, "BadRequest"));
+    let missing = pods.patch_status("nope", &PatchParams::default(), &Patch::Strategic(gate("True", "X"))).await;
+    assert_eq!(api_status(missing.expect_err("missing")).code, 404);
+    // A Service's ports merge by `port`.
+    let services: Api<Service> = Api::namespaced(fake.client(), "gatehouse");
+    services
+        .create(&PostParams::default(), &service("gatehouse", "proxy").port("http", 80, None).build())
+        .await
+        .expect("service");
+    let add = json!({"spec": {"ports": [{"name": "https", "port": 443, "protocol": "TCP"}]}});
+    let merged = services.patch("proxy", &PatchParams::default(), &Patch::Strategic(add)).await.expect("patch");
+    assert_eq!(merged.spec.and_then(|s| s.ports).map(|p| p.len()), Some(2));
+}
+
+#[tokio::test]
+async fn deletion_waits_for_finalizers_and_a_pods_grace_period() {
+    let fake = FakeApiServer::start().await;
+    let nodes: Api<Node> = Api::all(fake.client());
+    let mut held = node("n1", "127.0.0.11").build();
+    held.metadata.finalizers = Some(vec!["karpenter.sh/termination".into()]);
+    nodes.create(&PostParams::default(), &held).await.expect("create");
+    let mut watch = std::pin::pin!(watcher(nodes.clone(), watcher::Config::default()));
+    assert_eq!(describe(&next(&mut watch, "init").await.expect("event")), "init");
+    next(&mut watch, "n1").await.expect("event");
+    next(&mut watch, "init done").await.expect("event");
+
+    // A finalizer holds the object: DELETE only sets its deletionTimestamp (MODIFIED).
+    nodes.delete("n1", &DeleteParams::default()).await.expect("delete");
+    let deleting = nodes.get("n1").await.expect("still there");
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    assert_eq!(describe(&next(&mut watch, "modified").await.expect("event")), "apply n1 ");
+    // Removing the last finalizer completes the deletion (DELETED).
+    nodes
+        .patch("n1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .expect("patch");
+    assert_eq!(describe(&next(&mut watch, "deleted").await.expect("event")), "delete n1");
+    assert_eq!(api_status(nodes.get("n1").await.expect_err("gone")).code, 404);
+
+    // A pod bound to a node terminates through its grace period; the kubelet's delete with
+    // grace period 0 removes it. An unbound pod goes at once.
+    let pods: Api<Pod> = Api::namespaced(fake.client(), "gatehouse");
+    let mut bound = pod("gatehouse", "bound", "n1").build();
+    bound.spec.get_or_insert_default().termination_grace_period_seconds = Some(45);
+    pods.create(&PostParams::default(), &bound).await.expect("create");
+    pods.delete("bound", &DeleteParams::default()).await.expect("delete");
+    let terminating = pods.get("bound").await.expect("terminating");
+    assert!(terminating.metadata.deletion_timestamp.is_some());
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(45));
+    pods.delete("bound", &DeleteParams::default()).await.expect("again");
+    assert!(
+        pods.get_opt("bound").await.expect("get").is_some(),
+        "a second delete without a shorter grace changes nothing"
+    );
+    pods.delete("bound", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
+        .await
+        .expect("kubelet");
+    assert!(pods.get_opt("bound").await.expect("get").is_none());
+    let mut unbound = pod("gatehouse", "unbound", "n1").build();
+    unbound.spec.get_or_insert_default().node_name = None;
+    pods.create(&PostParams::default(), &unbound).await.expect("create");
+    pods.delete("unbound", &DeleteParams::default()).await.expect("delete");
+    assert!(pods.get_opt("unbound").await.expect("get").is_none());
+
+    // Pods by node, the field selector kubectl and Karpenter use.
+    pods.create(&PostParams::default(), &pod("gatehouse", "on-n2", "n2").build()).await.expect("create");
+    let on_n2 = pods.list(&ListParams::default().fields("spec.nodeName=n2")).await.expect("list");
+    assert_eq!(on_n2.items.iter().map(|p| p.name_any()).collect::<Vec<_>>(), ["on-n2"]);
 }

@@ -11,15 +11,18 @@
 //! the group: within the default share) and registers two.
 //!
 //! The CLI tests run the `gatehouse-provisioner` binary built next to this test (`cargo build
-//! --workspace --all-targets` does; see `provisioner_binary`).
+//! --workspace --all-targets` does; see `provisioner_replica::provisioner_binary`).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gatehouse_provisioner::aws::{Elb, load_sdk_config};
+use gatehouse_provisioner::aws::{Aws, load_sdk_config};
+use gatehouse_provisioner::lease::Leadership;
 use gatehouse_provisioner::metrics::ApiCalls;
-use gatehouse_provisioner::sync::Session;
+use gatehouse_provisioner::nodes;
+use gatehouse_provisioner::plan::ClusterView;
+use gatehouse_provisioner::session::Session;
 use gatehouse_tests::fault_proxy::{Call, Fault, FaultProxy, On, When, sdk_via};
 use gatehouse_tests::kube_api::{FakeApiServer, ResourceKind, fixtures};
 use gatehouse_tests::provisioner_support::{NODE_PORT, TargetGroupFixture, endpoint, node};
@@ -53,13 +56,15 @@ async fn group() -> (TargetGroupFixture, FaultProxy) {
 async fn sync_via(proxy: &FaultProxy, tg: &TargetGroupFixture) -> (Result<(), String>, ApiCalls) {
     let calls = ApiCalls::default();
     let sdk = sdk_via(&load_sdk_config(None).await, &proxy.url());
-    let elb = Elb::new(&sdk, calls.clone()).expect("region configured");
+    let aws = Aws::new(&sdk, calls.clone()).expect("region configured");
     let settings = tg.settings(Some(Duration::ZERO));
-    let nodes: Vec<_> = NODES.iter().map(|(name, ip)| fixtures::node(name, ip).build()).collect();
+    let listed: Vec<_> = NODES.iter().map(|(name, ip)| fixtures::node(name, ip).build()).collect();
+    let view = ClusterView { nodes: nodes::views(&listed, &nodes::Selector::default()), proxy: None };
     let result = async {
-        let session = Session::open(elb, settings).await?;
-        let plan = session.plan(&nodes, None).await?;
-        session.apply(&plan, None).await?.into_result()
+        let session = Session::open(aws, settings).await?;
+        let observed = session.observe().await?;
+        let plan = session.plan(&view, &observed);
+        session.apply(&plan, &Leadership::always()).await?.into_result()
     }
     .await;
     (result.map(drop).map_err(|e| e.to_string()), calls)
@@ -135,6 +140,7 @@ async fn sync_converges_through_throttling_errors_slow_answers_and_dropped_conne
             dereg,
             ok("DescribeTargetGroups", 1),
             ok("DescribeTargetHealth", 1 + read_back as u64),
+            ok("DescribeVpcs", 1),
             ok("RegisterTargets", 1),
         ];
         assert_eq!(ops, want, "{name}: {calls:#?}");
@@ -156,26 +162,6 @@ async fn sync_converges_through_throttling_errors_slow_answers_and_dropped_conne
     }
 }
 
-/// The `gatehouse-provisioner` binary next to this test, refused when it is older than the
-/// provisioner's source (a test in this package cannot make cargo build another package's binary).
-fn provisioner_binary() -> PathBuf {
-    let bin = gatehouse_lab::process::workspace_binary("gatehouse-provisioner")
-        .unwrap_or_else(|e| panic!("{e:#} (cargo build -p gatehouse-provisioner --bins)"));
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).expect("mtime");
-    let built = modified(&bin);
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../provisioner/src");
-    for entry in std::fs::read_dir(&src).expect("provisioner/src") {
-        let path = entry.expect("dir entry").path();
-        assert!(
-            modified(&path) <= built,
-            "{} is older than {}: rebuild it (cargo build -p gatehouse-provisioner --bins)",
-            bin.display(),
-            path.display()
-        );
-    }
-    bin
-}
-
 /// How one run of the binary ended.
 #[derive(Debug)]
 struct Run {
@@ -190,7 +176,7 @@ struct Run {
 /// killed (by its handle) if it has not finished within 60 s.
 async fn cli<S: AsRef<std::ffi::OsStr>>(aws: &str, args: &[S]) -> Run {
     let started = Instant::now();
-    let child = tokio::process::Command::new(provisioner_binary())
+    let child = tokio::process::Command::new(gatehouse_tests::provisioner_replica::provisioner_binary())
         .args(args)
         .env("AWS_ENDPOINT_URL", aws)
         .env_remove("RUST_LOG")
@@ -331,8 +317,9 @@ async fn kubernetes_errors_an_empty_node_list_and_a_failed_read_mid_run_never_de
 #[tokio::test]
 async fn two_syncs_at_once_converge_without_flapping() {
     let (tg, proxy) = group().await;
-    // Both runs read the group before either writes; each write direction is throttled once.
-    proxy.inject(On::action("DescribeTargetHealth"), When::Always, Fault::Delay(Duration::from_millis(500)));
+    // Both runs read the group before either writes (each read is answered a second late, as
+    // of when it arrived); each write direction is throttled once.
+    proxy.inject(On::action("DescribeTargetHealth"), When::Always, Fault::SlowAnswer(Duration::from_secs(1)));
     proxy.inject(On::action("DeregisterTargets"), When::Nth(1), Fault::Throttle);
     proxy.inject(On::action("RegisterTargets"), When::Nth(1), Fault::Throttle);
     let (sync, url) = (sync_args(&tg), proxy.url());

@@ -1,130 +1,29 @@
 //! `watch` against the in-memory Kubernetes API server and the AWS emulator: a node that joins
 //! is registered within a second, a cordoned node is deregistered, only the lease holder writes,
 //! the standby takes over when the holder releases the lease, and /healthz and /metrics answer.
+//! The proxy runs on every node ([`ProxyFleet`]: a pod per node, listed by the proxy Service's
+//! EndpointSlices), since a node is a target only while a ready proxy runs on it.
 //!
 //! Under faults (AWS calls through `gatehouse_tests::fault_proxy`, which records what reached the
 //! emulator): Kubernetes API errors, watch disconnects, a forced re-list and an empty node list
 //! never deregister a node; AWS faults mid-reconcile are retried and never deregister a healthy
-//! node; and when the holder loses the lease to API errors (not a release), the two replicas never
+//! node; a failed reconcile keeps its session, so its retries do not re-read the target group;
+//! and when the holder loses the lease to API errors (not a release), the two replicas never
 //! write at the same time nor undo each other's writes. `sync` under faults: provisioner_faults.rs.
+//! At 1,000 nodes: provisioner_scale.rs; a hung leader: provisioner_leader.rs; the proxy's
+//! readiness and the readiness gate: provisioner_gates.rs.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use gatehouse_provisioner::aws::{Elb, load_sdk_config};
-use gatehouse_provisioner::kube::ServiceRef;
-use gatehouse_provisioner::lease::LeaseConfig;
-use gatehouse_provisioner::metrics::Metrics;
-use gatehouse_provisioner::watch::{self, WatchConfig};
-use gatehouse_tests::fault_proxy::{Call, Fault, FaultProxy, On, When, sdk_via};
+use gatehouse_tests::fault_proxy::{Call, Fault, FaultProxy, On, When};
 use gatehouse_tests::kube_api::fixtures::{node, service};
+use gatehouse_tests::kube_api::fleet::ProxyFleet;
 use gatehouse_tests::kube_api::{FakeApiServer, ResourceKind};
+use gatehouse_tests::provisioner_replica::{LEASE, Replica, ReplicaSpec, wait_for};
 use gatehouse_tests::provisioner_support::{NODE_PORT, TargetGroupFixture, endpoint};
 use k8s_openapi::api::coordination::v1::Lease;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-const LEASE: &str = "gatehouse-provisioner";
-
-/// One running `watch` replica.
-struct Replica {
-    metrics: Metrics,
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), gatehouse_provisioner::sync::Error>>,
-}
-
-impl Replica {
-    async fn start(identity: &str, tg: &TargetGroupFixture, fake: &FakeApiServer) -> Self {
-        Self::start_with(identity, tg, fake, Duration::from_secs(300)).await
-    }
-
-    async fn start_with(identity: &str, tg: &TargetGroupFixture, fake: &FakeApiServer, resync: Duration) -> Self {
-        Self::start_via(identity, tg, fake.client(), None, resync).await
-    }
-
-    /// A replica with its own Kubernetes client, and its AWS calls through `aws` when given.
-    async fn start_via(
-        identity: &str,
-        tg: &TargetGroupFixture,
-        kube: kube::Client,
-        aws: Option<&FaultProxy>,
-        resync: Duration,
-    ) -> Self {
-        let metrics = Metrics::default();
-        let sdk = load_sdk_config(None).await;
-        let sdk = match aws {
-            Some(proxy) => sdk_via(&sdk, &proxy.url()),
-            None => sdk,
-        };
-        let elb = Elb::new(&sdk, metrics.api_calls.clone()).expect("region configured");
-        let config = WatchConfig {
-            settings: tg.settings(Some(Duration::ZERO)),
-            proxy_service: Some(ServiceRef { namespace: "gatehouse".into(), name: "proxy".into() }),
-            debounce: Duration::from_millis(100),
-            resync,
-            lease: LeaseConfig {
-                namespace: "gatehouse".into(),
-                name: LEASE.into(),
-                identity: identity.into(),
-                duration: Duration::from_secs(3),
-            },
-            shutdown_timeout: Duration::from_secs(5),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(watch::run(elb, kube, config, metrics.clone(), listener, async move {
-            let _ = stopped.await;
-        }));
-        Self { metrics, addr, stop: Some(stop), task }
-    }
-
-    fn writes(&self) -> u64 {
-        self.metrics.api_calls.snapshot().writes()
-    }
-
-    /// Stops like SIGTERM does; the run must end cleanly and in bounded time.
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let result = tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("watch stops within 10s");
-        result.expect("task").expect("watch ends without error");
-    }
-
-    async fn get(&self, path: &str) -> String {
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.expect("connect");
-        stream
-            .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .expect("request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("response");
-        response
-    }
-}
-
-/// Polls the target group until `want` holds; bounded.
-async fn wait_for(
-    tg: &TargetGroupFixture,
-    within: Duration,
-    what: &str,
-    want: impl Fn(&BTreeSet<String>) -> bool,
-) -> Duration {
-    let started = Instant::now();
-    loop {
-        let now = tg.registered().await;
-        if want(&now) {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < within, "{what} did not happen within {within:?}; registered: {now:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 fn target(ip: &str) -> String {
     format!("{ip}:{NODE_PORT}")
@@ -134,18 +33,33 @@ fn proxy_service() -> k8s_openapi::api::core::v1::Service {
     service("gatehouse", "proxy").service_type("NodePort").port("http", 80, Some(i32::from(NODE_PORT))).build()
 }
 
+/// The proxy Service, and a Ready node with a ready proxy pod for each `(name, ip)`.
+fn cluster(fake: &FakeApiServer, nodes: &[(&str, &str)]) -> ProxyFleet {
+    fake.apply_resource(&proxy_service()).expect("service");
+    let fleet = ProxyFleet::new(fake, "gatehouse", "proxy", None);
+    for (name, ip) in nodes {
+        join(fake, &fleet, name, ip);
+    }
+    fleet
+}
+
+/// A node joins and its proxy pod starts, ready.
+fn join(fake: &FakeApiServer, fleet: &ProxyFleet, name: &str, ip: &str) {
+    fake.apply_resource(&node(name, ip).build()).expect("node");
+    fleet.start(name, "10.1.0.1").expect("proxy pod");
+    fleet.sync().expect("fleet");
+}
+
 #[tokio::test]
 async fn joined_node_is_registered_within_a_second_and_cordoned_node_deregistered() {
     let tg = TargetGroupFixture::ip().await;
     let fake = FakeApiServer::start().await;
-    fake.apply_resource(&proxy_service()).expect("service");
-    fake.apply_resource(&node("node-a", "10.42.0.11").build()).expect("node");
-    fake.apply_resource(&node("node-b", "10.42.0.12").build()).expect("node");
-    let replica = Replica::start("replica-1", &tg, &fake).await;
+    let fleet = cluster(&fake, &[("node-a", "10.42.0.11"), ("node-b", "10.42.0.12")]);
+    let replica = Replica::start(ReplicaSpec::new("replica-1"), &tg, &fake).await;
 
     wait_for(&tg, Duration::from_secs(15), "initial sync", |r| r.len() == 2).await;
 
-    fake.apply_resource(&node("node-c", "10.42.0.13").build()).expect("node");
+    join(&fake, &fleet, "node-c", "10.42.0.13");
     let took = wait_for(&tg, Duration::from_secs(5), "registering node-c", |r| r.contains(&target("10.42.0.13"))).await;
     assert!(took < Duration::from_secs(1), "node-c registered after {took:?}, not within a second");
 
@@ -160,7 +74,7 @@ async fn joined_node_is_registered_within_a_second_and_cordoned_node_deregistere
     for needle in [
         r#"gatehouse_provisioner_aws_api_calls_total{operation="RegisterTargets",outcome="ok"}"#,
         r#"gatehouse_provisioner_aws_api_calls_total{operation="DeregisterTargets",outcome="ok"} 1"#,
-        r#"gatehouse_provisioner_reconciles_total{result="ok"}"#,
+        r#"gatehouse_provisioner_reconciles_total{result="ok",work="full"}"#,
         "gatehouse_provisioner_targets_registered 2",
         "gatehouse_provisioner_leader 1",
         "gatehouse_provisioner_drift_findings 0",
@@ -179,14 +93,12 @@ async fn joined_node_is_registered_within_a_second_and_cordoned_node_deregistere
 async fn of_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_over() {
     let tg = TargetGroupFixture::ip().await;
     let fake = FakeApiServer::start().await;
-    fake.apply_resource(&proxy_service()).expect("service");
-    fake.apply_resource(&node("node-a", "10.42.0.11").build()).expect("node");
-    fake.apply_resource(&node("node-b", "10.42.0.12").build()).expect("node");
-    let one = Replica::start("replica-1", &tg, &fake).await;
-    let two = Replica::start("replica-2", &tg, &fake).await;
+    let fleet = cluster(&fake, &[("node-a", "10.42.0.11"), ("node-b", "10.42.0.12")]);
+    let one = Replica::start(ReplicaSpec::new("replica-1"), &tg, &fake).await;
+    let two = Replica::start(ReplicaSpec::new("replica-2"), &tg, &fake).await;
 
     wait_for(&tg, Duration::from_secs(15), "initial sync", |r| r.len() == 2).await;
-    fake.apply_resource(&node("node-c", "10.42.0.13").build()).expect("node");
+    join(&fake, &fleet, "node-c", "10.42.0.13");
     wait_for(&tg, Duration::from_secs(5), "registering node-c", |r| r.len() == 3).await;
 
     let lease: Lease = fake.get_resource(Some("gatehouse"), LEASE).expect("lease");
@@ -198,9 +110,9 @@ async fn of_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_over
     assert!(standby.get("/healthz").await.contains("ok (standby)"));
 
     // The holder stops (SIGTERM) and releases the lease: the standby takes over at its next
-    // round (a third of the 3s duration) and handles the next change.
+    // round (every 500 ms) and handles the next change.
     leader.shutdown().await;
-    fake.apply_resource(&node("node-d", "10.42.0.14").build()).expect("node");
+    join(&fake, &fleet, "node-d", "10.42.0.14");
     wait_for(&tg, Duration::from_secs(5), "registering node-d after failover", |r| r.contains(&target("10.42.0.14")))
         .await;
     assert!(standby.writes() >= 1);
@@ -212,9 +124,10 @@ async fn of_two_replicas_only_the_lease_holder_writes_and_the_standby_takes_over
 async fn periodic_resync_reports_target_group_drift_without_any_cluster_event() {
     let tg = TargetGroupFixture::ip().await;
     let fake = FakeApiServer::start().await;
-    fake.apply_resource(&proxy_service()).expect("service");
-    fake.apply_resource(&node("node-a", "10.42.0.11").build()).expect("node");
-    let replica = Replica::start_with("replica-1", &tg, &fake, Duration::from_millis(500)).await;
+    let _fleet = cluster(&fake, &[("node-a", "10.42.0.11")]);
+    let replica =
+        Replica::start(ReplicaSpec { resync: Duration::from_millis(500), ..ReplicaSpec::new("replica-1") }, &tg, &fake)
+            .await;
     wait_for(&tg, Duration::from_secs(15), "initial sync", |r| r.len() == 1).await;
     assert_eq!(replica.metrics.drift_findings.get(), 0);
 
@@ -237,10 +150,8 @@ async fn periodic_resync_reports_target_group_drift_without_any_cluster_event() 
     tg.cleanup().await;
 }
 
-/// `gatehouse_provisioner_reconciles_total{result=...}` of one replica.
 fn reconciles(replica: &Replica, result: &str) -> u64 {
-    let prefix = format!("gatehouse_provisioner_reconciles_total{{result=\"{result}\"}} ");
-    replica.metrics.encode().lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok()).unwrap_or(0)
+    replica.reconciles(result)
 }
 
 /// The RegisterTargets/DeregisterTargets requests that reached the emulator.
@@ -248,18 +159,13 @@ fn writes(proxy: &FaultProxy) -> Vec<Call> {
     proxy.calls().into_iter().filter(|c| c.action.ends_with("Targets") && c.reached_upstream).collect()
 }
 
-fn kube_client(url: &str) -> kube::Client {
-    kube::Client::try_from(kube::Config::new(url.parse().expect("url"))).expect("kube client")
-}
-
 #[tokio::test]
 async fn kubernetes_api_errors_watch_disconnects_and_an_empty_node_list_never_deregister() {
     let tg = TargetGroupFixture::ip().await;
     let aws = FaultProxy::start(&endpoint()).await;
     let fake = FakeApiServer::start().await;
-    fake.apply_resource(&proxy_service()).expect("service");
-    for (name, ip) in [("node-a", "10.42.0.11"), ("node-b", "10.42.0.12"), ("node-c", "10.42.0.13")] {
-        fake.apply_resource(&node(name, ip).build()).expect("node");
+    let fleet = cluster(&fake, &[("node-a", "10.42.0.11"), ("node-b", "10.42.0.12"), ("node-c", "10.42.0.13")]);
+    for ip in ["10.42.0.11", "10.42.0.12", "10.42.0.13"] {
         // Registered already, as after a restart of the provisioner.
         tg.register_directly(ip, NODE_PORT).await;
     }
@@ -267,7 +173,8 @@ async fn kubernetes_api_errors_watch_disconnects_and_an_empty_node_list_never_de
 
     // The first Node lists fail: nothing is reconciled until one succeeds.
     fake.inject_error(ResourceKind::Node, 500, 2);
-    let replica = Replica::start_via("replica-1", &tg, fake.client(), Some(&aws), Duration::from_millis(300)).await;
+    let spec = ReplicaSpec { resync: Duration::from_millis(300), ..ReplicaSpec::new("replica-1") };
+    let replica = Replica::start_via(spec, &tg, &fake.url(), Some(&aws)).await;
     let started = Instant::now();
     while reconciles(&replica, "ok") < 2 {
         assert!(started.elapsed() < Duration::from_secs(15), "no reconcile after the Node list recovered");
@@ -289,7 +196,7 @@ async fn kubernetes_api_errors_watch_disconnects_and_an_empty_node_list_never_de
     assert_eq!(tg.registered().await, three);
 
     // The watch is back: a change is seen.
-    fake.apply_resource(&node("node-d", "10.42.0.14").build()).expect("node");
+    join(&fake, &fleet, "node-d", "10.42.0.14");
     wait_for(&tg, Duration::from_secs(15), "registering node-d after the outage", |r| {
         r.contains(&target("10.42.0.14"))
     })
@@ -300,7 +207,7 @@ async fn kubernetes_api_errors_watch_disconnects_and_an_empty_node_list_never_de
         fake.delete(ResourceKind::Node, None, name).expect("delete node");
     }
     let started = Instant::now();
-    while reconciles(&replica, "refused") < 3 {
+    while reconciles(&replica, "held_back") < 3 {
         assert!(started.elapsed() < Duration::from_secs(5), "the empty node list was not refused");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -315,10 +222,8 @@ async fn aws_faults_mid_reconcile_are_retried_and_never_deregister_a_healthy_nod
     let tg = TargetGroupFixture::ip().await;
     let aws = FaultProxy::start(&endpoint()).await;
     let fake = FakeApiServer::start().await;
-    fake.apply_resource(&proxy_service()).expect("service");
-    fake.apply_resource(&node("node-a", "10.42.0.11").build()).expect("node");
-    fake.apply_resource(&node("node-b", "10.42.0.12").build()).expect("node");
-    let replica = Replica::start_via("replica-1", &tg, fake.client(), Some(&aws), Duration::from_secs(300)).await;
+    let fleet = cluster(&fake, &[("node-a", "10.42.0.11"), ("node-b", "10.42.0.12")]);
+    let replica = Replica::start_via(ReplicaSpec::new("replica-1"), &tg, &fake.url(), Some(&aws)).await;
     wait_for(&tg, Duration::from_secs(15), "initial sync", |r| r.len() == 2).await;
 
     // For 4 s every read fails (longer than the SDK's 5 attempts take: at most 0.2 + 0.4 + 0.8 +
@@ -330,7 +235,7 @@ async fn aws_faults_mid_reconcile_are_retried_and_never_deregister_a_healthy_nod
     aws.inject(On::action("RegisterTargets"), When::For(writes_fail), Fault::Throttle);
     aws.inject(On::action("DeregisterTargets"), When::For(writes_fail), Fault::Throttle);
     let faults_from = std::time::Instant::now();
-    fake.apply_resource(&node("node-c", "10.42.0.13").build()).expect("node");
+    join(&fake, &fleet, "node-c", "10.42.0.13");
     fake.apply_resource(&node("node-b", "10.42.0.12").unschedulable(true).build()).expect("cordon");
     let took = wait_for(&tg, Duration::from_secs(20), "converging after the faults", |r| {
         *r == BTreeSet::from([target("10.42.0.11"), target("10.42.0.13")])
@@ -354,27 +259,60 @@ async fn aws_faults_mid_reconcile_are_retried_and_never_deregister_a_healthy_nod
 }
 
 #[tokio::test]
+async fn a_failed_reconcile_keeps_its_session_and_retries_read_only_target_health() {
+    let tg = TargetGroupFixture::ip().await;
+    let aws = FaultProxy::start(&endpoint()).await;
+    let fake = FakeApiServer::start().await;
+    let _fleet = cluster(&fake, &[("node-a", "10.42.0.11")]);
+    // From the start every DescribeTargetHealth is throttled: the first reconcile (a full one,
+    // as every term begins) opens the session and fails at the health read; so does each retry.
+    aws.inject(On::action("DescribeTargetHealth"), When::Always, Fault::Throttle);
+    let spec = ReplicaSpec {
+        sdk_attempts: Some(1),
+        backoff: gatehouse_provisioner::watch::Backoff {
+            min: Duration::from_millis(200),
+            max: Duration::from_millis(400),
+        },
+        ..ReplicaSpec::new("replica-1")
+    };
+    let replica = Replica::start_via(spec, &tg, &fake.url(), Some(&aws)).await;
+    let started = Instant::now();
+    while reconciles(&replica, "error") < 5 {
+        assert!(started.elapsed() < Duration::from_secs(15), "5 failed reconciles within 15 s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let health_reads = aws.calls_of("DescribeTargetHealth").len();
+    let group_reads = aws.calls_of("DescribeTargetGroups").len();
+    assert!(health_reads >= 5, "{health_reads} DescribeTargetHealth attempts");
+    assert_eq!(group_reads, 1, "the target group is read once, not again with each of {health_reads} retries");
+
+    // The throttling ends: the next retry converges, still on the same session.
+    aws.clear();
+    wait_for(&tg, Duration::from_secs(5), "registered after the throttling", |r| r.len() == 1).await;
+    assert_eq!(aws.calls_of("DescribeTargetGroups").len(), 1);
+    replica.shutdown().await;
+    tg.cleanup().await;
+}
+
+#[tokio::test]
 async fn when_the_holder_loses_the_lease_to_api_errors_the_replicas_never_write_at_once() {
     let tg = TargetGroupFixture::ip().await;
     let fake = FakeApiServer::start().await;
-    fake.apply_resource(&proxy_service()).expect("service");
-    fake.apply_resource(&node("node-a", "10.42.0.11").build()).expect("node");
-    fake.apply_resource(&node("node-b", "10.42.0.12").build()).expect("node");
+    let fleet = cluster(&fake, &[("node-a", "10.42.0.11"), ("node-b", "10.42.0.12")]);
     let (aws_one, aws_two) = (FaultProxy::start(&endpoint()).await, FaultProxy::start(&endpoint()).await);
     // replica-1 reaches the Kubernetes API through a proxy, to lose its Lease calls alone.
     let kube_one = FaultProxy::start(&fake.url()).await;
-    let resync = Duration::from_secs(300);
-    let one = Replica::start_via("replica-1", &tg, kube_client(&kube_one.url()), Some(&aws_one), resync).await;
+    let one = Replica::start_via(ReplicaSpec::new("replica-1"), &tg, &kube_one.url(), Some(&aws_one)).await;
     wait_for(&tg, Duration::from_secs(15), "initial sync", |r| r.len() == 2).await;
     assert_eq!(one.metrics.leader.get(), 1);
-    let two = Replica::start_via("replica-2", &tg, fake.client(), Some(&aws_two), resync).await;
+    let two = Replica::start_via(ReplicaSpec::new("replica-2"), &tg, &fake.url(), Some(&aws_two)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    fake.apply_resource(&node("node-c", "10.42.0.13").build()).expect("node");
+    join(&fake, &fleet, "node-c", "10.42.0.13");
     wait_for(&tg, Duration::from_secs(5), "registering node-c", |r| r.len() == 3).await;
 
     // replica-1's Lease calls fail from now on (its watches still work); node-d joins.
     kube_one.inject(On::path("/leases/"), When::Always, Fault::Drop);
-    fake.apply_resource(&node("node-d", "10.42.0.14").build()).expect("node");
+    join(&fake, &fleet, "node-d", "10.42.0.14");
     // Sampled every 20 ms: never two leaders; replica-2 takes over within a lease duration and
     // a renew period or two.
     let cut = Instant::now();
@@ -396,7 +334,7 @@ async fn when_the_holder_loses_the_lease_to_api_errors_the_replicas_never_write_
     wait_for(&tg, Duration::from_secs(5), "deregistering node-a", |r| !r.contains(&target("10.42.0.11"))).await;
     kube_one.clear();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    fake.apply_resource(&node("node-e", "10.42.0.15").build()).expect("node");
+    join(&fake, &fleet, "node-e", "10.42.0.15");
     wait_for(&tg, Duration::from_secs(5), "registering node-e", |r| r.contains(&target("10.42.0.15"))).await;
     assert_eq!(one.metrics.leader.get(), 0, "replica-1 stays standby");
     let want: BTreeSet<String> = ["10.42.0.12", "10.42.0.13", "10.42.0.14", "10.42.0.15"].map(target).into();

@@ -91,8 +91,10 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end -}}
 {{- $drain := include "gatehouse.seconds" (.Values.proxy.timeouts.drain | default "15s") | int -}}
 {{- $shutdown := include "gatehouse.seconds" (.Values.proxy.timeouts.shutdown | default "30s") | int -}}
-{{- if le (int .Values.proxy.terminationGracePeriodSeconds) (add $drain $shutdown) -}}
-{{- fail (printf "proxy.terminationGracePeriodSeconds (%d) must exceed drain + shutdown (%d s): Kubernetes would kill a draining proxy" (int .Values.proxy.terminationGracePeriodSeconds) (add $drain $shutdown)) -}}
+{{- $hook := ternary (include "gatehouse.seconds" .Values.proxy.drainHookTimeout | int) 0 .Values.proxy.readinessGate -}}
+{{- $needed := add $hook $drain $shutdown -}}
+{{- if le (int .Values.proxy.terminationGracePeriodSeconds) $needed -}}
+{{- fail (printf "proxy.terminationGracePeriodSeconds (%d) must exceed %sdrain + shutdown (%d s): Kubernetes would kill a draining proxy" (int .Values.proxy.terminationGracePeriodSeconds) (ternary "the drain hook's timeout + " "" .Values.proxy.readinessGate) $needed) -}}
 {{- end -}}
 {{- end -}}
 

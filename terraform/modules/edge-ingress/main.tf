@@ -228,10 +228,11 @@ resource "aws_lb_listener" "https" {
 # IAM policy for gatehouse-provisioner
 ################################################################################
 
-# Exactly the calls the provisioner makes. Registrations are the provisioner's; everything else about
-# the target group is Terraform's, so no Modify*/Create*/Delete* is granted. Built with jsonencode
-# rather than the aws_iam_policy_document data source, which a mock provider answers with a random
-# string: this way the module's tests read the real document.
+# Exactly the calls the provisioner makes (tests/tests/provisioner_iam_policy.rs compares this list
+# with the SDK calls in provisioner/src/aws.rs). Registrations are the provisioner's; everything else
+# about the target group is Terraform's, so no Modify*/Create*/Delete* is granted. Built with
+# jsonencode rather than the aws_iam_policy_document data source, which a mock provider answers with
+# a random string: this way the module's tests read the real document.
 locals {
   provisioner_policy = {
     Version = "2012-10-17"
@@ -246,15 +247,25 @@ locals {
         Resource = aws_lb_target_group.this.arn
       },
       {
-        # ELBv2's Describe* actions (DescribeTargetHealth and DescribeTargetGroups included) do not
-        # support resource-level permissions: AWS authorises them only with Resource "*", so a
-        # statement scoped to the target group ARN would never match them. Both are read-only.
+        # ELBv2's Describe* actions do not support resource-level permissions: AWS authorises them
+        # only with Resource "*", so a statement scoped to the target group ARN would never match
+        # them. All are read-only. DescribeTargetGroupAttributes reads the deregistration delay
+        # (`sync --wait-drain` without a handshake).
         Sid    = "ReadTargetGroupsAndTargetHealth"
         Effect = "Allow"
         Action = [
+          "elasticloadbalancing:DescribeTargetGroupAttributes",
           "elasticloadbalancing:DescribeTargetGroups",
           "elasticloadbalancing:DescribeTargetHealth",
         ]
+        Resource = "*"
+      },
+      {
+        # The VPC's CIDR blocks: an `ip` target outside them must be registered with
+        # AvailabilityZone=all. EC2's Describe* actions likewise need Resource "*".
+        Sid      = "ReadTheVpcCidrBlocks"
+        Effect   = "Allow"
+        Action   = ["ec2:DescribeVpcs"]
         Resource = "*"
       },
     ]

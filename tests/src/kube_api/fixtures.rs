@@ -6,14 +6,16 @@
 //! let n = node("ip-10-0-1-11", "127.0.0.11").ready(true).provider_id("aws:///us-east-1a/i-0abc").build();
 //! let s = service("gatehouse", "service-api-foo").port("http", 80, Some(30080)).build();
 //! let e = endpoint_slice("gatehouse", "service-api-foo", [("127.0.0.1", 9001, true)], "http");
-//! # let _ = (n, s, e);
+//! let p = pod("gatehouse", "proxy-x1", "ip-10-0-1-11").readiness_gate("gatehouse.dev/target-healthy").build();
+//! # let _ = (n, s, e, p);
 //! ```
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Service, ServicePort, ServiceSpec, Taint,
+    Container, Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, ObjectReference, Pod, PodCondition,
+    PodReadinessGate, PodSpec, PodStatus, Service, ServicePort, ServiceSpec, Taint,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -291,4 +293,164 @@ pub fn lease(namespace: &str, name: &str, holder: Option<&str>, duration_seconds
             ..Default::default()
         }),
     }
+}
+
+/// Starts a pod bound to `node` with one container, Running, its containers ready.
+pub fn pod(namespace: &str, name: &str, node: &str) -> PodBuilder {
+    PodBuilder {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        node: node.to_string(),
+        ip: None,
+        labels: BTreeMap::new(),
+        containers_ready: true,
+        gates: Vec::new(),
+        conditions: Vec::new(),
+    }
+}
+
+/// Builder for a [`Pod`]; see [`pod`].
+#[derive(Clone, Debug)]
+pub struct PodBuilder {
+    namespace: String,
+    name: String,
+    node: String,
+    ip: Option<String>,
+    labels: BTreeMap<String, String>,
+    containers_ready: bool,
+    gates: Vec<String>,
+    conditions: Vec<(String, bool, String)>,
+}
+
+impl PodBuilder {
+    /// Sets the pod IP.
+    pub fn ip(mut self, ip: &str) -> Self {
+        self.ip = Some(ip.to_string());
+        self
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Whether every container passes its readiness probe (`ContainersReady`).
+    pub fn containers_ready(mut self, ready: bool) -> Self {
+        self.containers_ready = ready;
+        self
+    }
+
+    /// Declares a readiness gate (`spec.readinessGates`).
+    pub fn readiness_gate(mut self, condition_type: &str) -> Self {
+        self.gates.push(condition_type.to_string());
+        self
+    }
+
+    /// Sets a condition of any type, e.g. a readiness gate's, with its reason.
+    pub fn condition(mut self, condition_type: &str, status: bool, reason: &str) -> Self {
+        self.conditions.push((condition_type.to_string(), status, reason.to_string()));
+        self
+    }
+
+    /// The finished Pod. `Ready` is what the kubelet computes: containers ready and every
+    /// readiness gate's condition True.
+    pub fn build(self) -> Pod {
+        let status = |b: bool| if b { "True" } else { "False" }.to_string();
+        let gate_true = |gate: &String| self.conditions.iter().any(|(t, s, _)| t == gate && *s);
+        let ready = self.containers_ready && self.gates.iter().all(gate_true);
+        let mut conditions = vec![
+            PodCondition { type_: "PodScheduled".into(), status: "True".into(), ..Default::default() },
+            PodCondition { type_: "Initialized".into(), status: "True".into(), ..Default::default() },
+            PodCondition {
+                type_: "ContainersReady".into(),
+                status: status(self.containers_ready),
+                ..Default::default()
+            },
+            PodCondition {
+                type_: "Ready".into(),
+                status: status(ready),
+                reason: (!ready).then(|| {
+                    if self.containers_ready { "ReadinessGatesNotReady" } else { "ContainersNotReady" }.into()
+                }),
+                ..Default::default()
+            },
+        ];
+        conditions.extend(self.conditions.iter().map(|(t, s, r)| PodCondition {
+            type_: t.clone(),
+            status: status(*s),
+            reason: Some(r.clone()),
+            ..Default::default()
+        }));
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(self.name),
+                namespace: Some(self.namespace),
+                labels: (!self.labels.is_empty()).then_some(self.labels),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                node_name: Some(self.node),
+                containers: vec![Container {
+                    name: "proxy".into(),
+                    image: Some("gatehouse:dev".into()),
+                    ..Default::default()
+                }],
+                readiness_gates: (!self.gates.is_empty()).then(|| {
+                    self.gates.into_iter().map(|condition_type| PodReadinessGate { condition_type }).collect()
+                }),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: self.ip,
+                conditions: Some(conditions),
+                ..Default::default()
+            }),
+        }
+    }
+}
+
+/// One endpoint of a proxy Service: the pod behind it, its node and its conditions.
+#[derive(Clone, Debug)]
+pub struct SliceEndpoint<'a> {
+    pub ip: &'a str,
+    pub node: &'a str,
+    pub pod: &'a str,
+    pub ready: bool,
+    pub terminating: bool,
+}
+
+/// An EndpointSlice of `service` as the EndpointSlice controller writes it for pods: each
+/// endpoint with its `nodeName`, a `targetRef` to its Pod, and `ready`/`serving`/`terminating`
+/// (a terminating pod is not `ready`; it stays `serving` while it passes its readiness probe).
+pub fn proxy_endpoint_slice(
+    namespace: &str,
+    service: &str,
+    name: &str,
+    port: i32,
+    endpoints: &[SliceEndpoint<'_>],
+) -> EndpointSlice {
+    let mut slice = slice_for_port(namespace, service, port, std::iter::empty(), "http");
+    slice.metadata.name = Some(name.to_string());
+    slice.endpoints = endpoints
+        .iter()
+        .map(|e| Endpoint {
+            addresses: vec![e.ip.to_string()],
+            node_name: Some(e.node.to_string()),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                namespace: Some(namespace.to_string()),
+                name: Some(e.pod.to_string()),
+                ..Default::default()
+            }),
+            conditions: Some(EndpointConditions {
+                ready: Some(e.ready && !e.terminating),
+                serving: Some(e.ready),
+                terminating: Some(e.terminating),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    slice
 }

@@ -222,8 +222,8 @@ run "provisioner_policy_registers_only_in_this_target_group" {
   }
 
   assert {
-    condition     = length(jsondecode(output.iam_policy_json).Statement) == 2
-    error_message = "The provisioner policy must have exactly two statements."
+    condition     = length(jsondecode(output.iam_policy_json).Statement) == 3
+    error_message = "The provisioner policy must have exactly three statements."
   }
   assert {
     condition = anytrue([
@@ -238,10 +238,21 @@ run "provisioner_policy_registers_only_in_this_target_group" {
     condition = anytrue([
       for s in jsondecode(output.iam_policy_json).Statement :
       s.Effect == "Allow" &&
-      toset(s.Action) == toset(["elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetHealth"]) &&
+      toset(s.Action) == toset([
+        "elasticloadbalancing:DescribeTargetGroups",
+        "elasticloadbalancing:DescribeTargetHealth",
+        "elasticloadbalancing:DescribeTargetGroupAttributes",
+      ]) &&
       s.Resource == "*"
     ])
-    error_message = "The Describe* calls (no resource-level permissions in ELBv2) must be granted on *."
+    error_message = "The ELBv2 Describe* calls (no resource-level permissions in ELBv2) must be granted on *."
+  }
+  assert {
+    condition = anytrue([
+      for s in jsondecode(output.iam_policy_json).Statement :
+      s.Effect == "Allow" && toset(s.Action) == toset(["ec2:DescribeVpcs"]) && s.Resource == "*"
+    ])
+    error_message = "ec2:DescribeVpcs (the VPC's CIDR blocks, for ip targets outside them) must be granted on *."
   }
   assert {
     condition = toset(flatten([for s in jsondecode(output.iam_policy_json).Statement : s.Action])) == toset([
@@ -249,8 +260,10 @@ run "provisioner_policy_registers_only_in_this_target_group" {
       "elasticloadbalancing:DeregisterTargets",
       "elasticloadbalancing:DescribeTargetGroups",
       "elasticloadbalancing:DescribeTargetHealth",
+      "elasticloadbalancing:DescribeTargetGroupAttributes",
+      "ec2:DescribeVpcs",
     ])
-    error_message = "The provisioner policy must grant nothing beyond the four calls the provisioner makes."
+    error_message = "The provisioner policy must grant nothing beyond the six calls the provisioner makes."
   }
   assert {
     condition     = length(aws_iam_policy.provisioner) == 0 && output.iam_policy_arn == null
