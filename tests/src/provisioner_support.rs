@@ -108,12 +108,12 @@ impl TargetGroupFixture {
         deregistration_delay: Option<std::time::Duration>,
     ) -> gatehouse_provisioner::session::Settings {
         gatehouse_provisioner::session::Settings {
-            expected: gatehouse_provisioner::drift::Expected {
+            target: gatehouse_provisioner::session::TargetSource::Expected(gatehouse_provisioner::drift::Expected {
                 target_group_arn: self.arn.parse().expect("the emulator's target group ARN"),
                 target_group_name: Some(self.name.clone()),
                 node_port: NODE_PORT,
                 target_type: Some(gatehouse_provisioner::model::TargetType::Ip),
-            },
+            }),
             selector: gatehouse_provisioner::nodes::Selector::default(),
             policy: gatehouse_provisioner::diff::Policy::default(),
             deregistration_delay,
@@ -170,6 +170,23 @@ impl TargetGroupFixture {
             .filter_map(|d| d.target())
             .map(|t| format!("{}:{}", t.id().unwrap_or_default(), t.port().unwrap_or_default()))
             .collect()
+    }
+
+    /// Tags the group as the Terraform module does with `cluster_name = cluster`.
+    pub async fn tag_for_cluster(&self, cluster: &str) {
+        self.tag(&[
+            ("gatehouse.dev/cluster", cluster),
+            ("gatehouse.dev/handshake-version", "1"),
+            ("gatehouse.dev/node-port", &NODE_PORT.to_string()),
+        ])
+        .await;
+    }
+
+    /// Adds tags to the group.
+    pub async fn tag(&self, tags: &[(&str, &str)]) {
+        let tags =
+            tags.iter().map(|(k, v)| aws_sdk_elasticloadbalancingv2::types::Tag::builder().key(*k).value(*v).build());
+        self.elb.add_tags().resource_arns(&self.arn).set_tags(Some(tags.collect())).send().await.expect("AddTags");
     }
 
     /// Registers a target behind the provisioner's back (another tool, a human).
