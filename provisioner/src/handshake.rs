@@ -368,16 +368,7 @@ mod tests {
     }
 
     fn group(name: &str, tags: &[(&str, &str)]) -> Tagged {
-        let facts = TargetGroupFacts {
-            arn: format!("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/{name}/0123456789abcdef"),
-            name: name.into(),
-            port: Some(30080),
-            target_type: "ip".into(),
-            family: crate::model::IpFamily::V4,
-            protocol: Some("HTTP".into()),
-            health_check_path: Some("/_gatehouse/ready".into()),
-            vpc_id: Some("vpc-1".into()),
-        };
+        let facts = crate::drift::fixtures::target_group(name);
         (facts, tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
     }
 

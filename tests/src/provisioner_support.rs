@@ -208,6 +208,21 @@ impl TargetGroupFixture {
     }
 }
 
+/// The name of the i-th node of a large test cluster: `node-0042`.
+pub fn nth_node_name(i: usize) -> String {
+    format!("node-{i:04}")
+}
+
+/// The InternalIP of the i-th node: 10.42.x.y, 250 nodes to a /24.
+pub fn nth_node_ip(i: usize) -> String {
+    format!("10.42.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// The i-th node's target at [`NODE_PORT`], as `id:port`.
+pub fn nth_node_target(i: usize) -> String {
+    format!("{}:{NODE_PORT}", nth_node_ip(i))
+}
+
 /// A Node as `kubectl get nodes -o json` prints it: Ready, schedulable, with an InternalIP.
 pub fn node(name: &str, ip: &str) -> Value {
     json!({
