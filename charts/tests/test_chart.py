@@ -37,6 +37,13 @@ def test_the_readme_install_needs_only_the_image_and_the_cluster_name(render):
     assert not [c for c in objects.all("ConfigMap") if c["metadata"]["name"].endswith("-handshake")]
 
 
+def test_a_region_reaches_the_provisioner_and_is_checked():
+    env = render_values(with_minimal(region="eu-west-1")).container("Deployment")["env"]
+    assert {"name": "AWS_REGION", "value": "eu-west-1"} in env
+    assert not [e for e in render_values(MINIMAL).container("Deployment")["env"] if e["name"] == "AWS_REGION"]
+    assert "region" in refusal(with_minimal(region="Ireland"))
+
+
 def test_an_image_digest_pins_the_image():
     digest = "sha256:" + "ab" * 32
     objects = render_values(with_minimal(image={"digest": digest}))

@@ -6,6 +6,7 @@
 //! `self.ec2.<operation>()` call in this file; `tests/tests/provisioner_iam_policy.rs` reads them
 //! from here and checks that the Terraform module's IAM policy allows exactly those.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -20,8 +21,12 @@ use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
 use aws_smithy_runtime_api::client::orchestrator::{HttpResponse, Metadata};
 
+use crate::handshake::Tagged;
 use crate::metrics::ApiCalls;
 use crate::model::{IpFamily, ObservedTarget, Target, TargetGroupFacts, VpcCidrs};
+
+/// Most resources one DescribeTags call takes (ELBv2's limit).
+pub const DESCRIBE_TAGS_BATCH: usize = 20;
 
 /// Most targets one RegisterTargets/DeregisterTargets call carries (what the AWS Load Balancer
 /// Controller uses too); a whole cluster's nodes normally fit in one call.
@@ -137,6 +142,44 @@ impl Aws {
             Err(e) if e.code() == Some("TargetGroupNotFound") => Ok(None),
             Err(e) => Err(self.map(e, "DescribeTargetGroups")),
         }
+    }
+
+    /// Every target group in the region with its tags: DescribeTargetGroups (all pages), then
+    /// DescribeTags for at most [`DESCRIBE_TAGS_BATCH`] groups a call, as the AWS Load Balancer
+    /// Controller finds its target groups without the Resource Groups Tagging API.
+    pub async fn tagged_target_groups(&self) -> Result<Vec<Tagged>, AwsError> {
+        let pages = self.elb.describe_target_groups().into_paginator().items().send();
+        let groups: Vec<TargetGroup> = pages.try_collect().await.map_err(|e| self.map(e, "DescribeTargetGroups"))?;
+        let mut tags: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        let arns: Vec<String> = groups.iter().filter_map(|g| g.target_group_arn().map(str::to_owned)).collect();
+        for chunk in arns.chunks(DESCRIBE_TAGS_BATCH) {
+            let out = self
+                .elb
+                .describe_tags()
+                .set_resource_arns(Some(chunk.to_vec()))
+                .send()
+                .await
+                .map_err(|e| self.map(e, "DescribeTags"))?;
+            for description in out.tag_descriptions() {
+                let Some(arn) = description.resource_arn() else { continue };
+                let pairs =
+                    description.tags().iter().filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())));
+                tags.entry(arn.to_owned()).or_default().extend(pairs);
+            }
+        }
+        Ok(groups
+            .iter()
+            .map(facts)
+            .map(|f| {
+                let t = tags.remove(&f.arn).unwrap_or_default();
+                (f, t)
+            })
+            .collect())
+    }
+
+    /// The endpoint the calls go to, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
     }
 
     /// The deregistration delay attribute, in seconds.

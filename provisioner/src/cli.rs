@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::model::TargetGroupArn;
 use crate::nodes::{self, Selector};
 use crate::plan::{self, ClusterView, NodePortSource, exit};
-use crate::session::{Applied, Error, Session, Settings};
+use crate::session::{Applied, Error, Session, Settings, TargetSource};
 use crate::watch::{self, Backoff};
 use crate::{drain_hook, handshake, inventory};
 
@@ -50,13 +50,18 @@ pub enum Command {
     DrainHook(DrainHookArgs),
 }
 
-/// Where the target group comes from.
+/// Where the target group comes from: exactly one of `--handshake`, `--cluster`, or
+/// `--target-group-arn` with `--node-port`.
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// The Terraform module's handshake: `terraform output -json` (whole root) or
     /// `terraform output -json gatehouse`.
-    #[arg(long, value_name = "FILE", env = "GATEHOUSE_HANDSHAKE", required_unless_present = "target_group_arn", conflicts_with_all = ["target_group_arn", "node_port"])]
+    #[arg(long, value_name = "FILE", env = "GATEHOUSE_HANDSHAKE", required_unless_present_any = ["cluster", "target_group_arn"], conflicts_with_all = ["cluster", "target_group_arn", "node_port"])]
     pub handshake: Option<PathBuf>,
+    /// The module's `cluster_name`: the target group is the one it tagged
+    /// gatehouse.dev/cluster=NAME, found with DescribeTargetGroups and DescribeTags.
+    #[arg(long, value_name = "NAME", env = "GATEHOUSE_CLUSTER", value_parser = cluster_name, conflicts_with_all = ["target_group_arn", "node_port"])]
+    pub cluster: Option<String>,
     /// The target group, without a handshake (then its target type is taken as found).
     #[arg(long, value_name = "ARN", requires = "node_port")]
     pub target_group_arn: Option<TargetGroupArn>,
@@ -127,6 +132,20 @@ impl PolicyArgs {
             remove_foreign: self.remove_foreign,
             max_targets: self.max_targets,
         }
+    }
+}
+
+/// EKS's cluster name rule, which the module's `cluster_name` follows too.
+fn cluster_name(s: &str) -> Result<String, String> {
+    let mut chars = s.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if first_ok && rest_ok && s.len() <= 100 {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a cluster name (1-100 letters, digits, hyphens or underscores, starting with a letter or digit)"
+        ))
     }
 }
 
@@ -273,20 +292,32 @@ pub async fn run(cli: Cli) -> u8 {
     }
 }
 
-/// The expectation and, with a handshake, its region and deregistration delay.
-fn expectation(target: &TargetArgs) -> Result<(Expected, Option<String>, Option<Duration>), Error> {
-    match (&target.handshake, &target.target_group_arn, target.node_port) {
-        (Some(path), _, _) => {
+/// Where the target group comes from and, with a handshake or an ARN, the region to fall back
+/// on; with a handshake, the deregistration delay.
+fn expectation(target: &TargetArgs) -> Result<(TargetSource, Option<String>, Option<Duration>), Error> {
+    match (&target.handshake, &target.cluster, &target.target_group_arn, target.node_port) {
+        (Some(path), _, _, _) => {
             let h = handshake::load(path)?;
-            Ok((Expected::from(&h), Some(h.region.clone()), Some(Duration::from_secs(h.deregistration_delay_seconds))))
+            Ok((
+                TargetSource::Expected(Expected::from(&h)),
+                Some(h.region.clone()),
+                Some(Duration::from_secs(h.deregistration_delay_seconds)),
+            ))
         }
-        (None, Some(arn), Some(port)) => Ok((
-            Expected { target_group_arn: arn.clone(), target_group_name: None, node_port: port, target_type: None },
+        // The region is the default chain's: the group is found where the provisioner runs.
+        (None, Some(cluster), _, _) => Ok((TargetSource::Cluster(cluster.clone()), None, None)),
+        (None, None, Some(arn), Some(port)) => Ok((
+            TargetSource::Expected(Expected {
+                target_group_arn: arn.clone(),
+                target_group_name: None,
+                node_port: port,
+                target_type: None,
+            }),
             Some(arn.region().to_owned()),
             None,
         )),
-        // clap enforces one of the two forms.
-        _ => unreachable!("clap requires --handshake or --target-group-arn with --node-port"),
+        // clap enforces one of the three forms.
+        _ => unreachable!("clap requires --handshake, --cluster, or --target-group-arn with --node-port"),
     }
 }
 
@@ -307,17 +338,12 @@ async fn prepare(
     policy: Policy,
     node_port_from: Option<NodePortSource>,
 ) -> Result<Prepared, Error> {
-    let (expected, region, delay) = expectation(target)?;
+    let (target, region, delay) = expectation(target)?;
     let from_file = nodes.nodes_from.as_deref().map(inventory::load).transpose()?;
     let metrics = Metrics::default();
     let aws = Aws::new(&load_sdk_config(region).await, metrics.api_calls.clone())?;
-    let settings = Settings {
-        expected,
-        selector: nodes.node_selector.clone(),
-        policy,
-        deregistration_delay: delay,
-        node_port_from,
-    };
+    let settings =
+        Settings { target, selector: nodes.node_selector.clone(), policy, deregistration_delay: delay, node_port_from };
     let session = Session::open(aws, settings).await?;
     let (listed, proxy, cluster) = match from_file {
         Some(listed) => (listed, None, None),
@@ -470,7 +496,7 @@ async fn status(args: StatusArgs) -> Result<u8, Error> {
 }
 
 async fn watch(args: WatchArgs) -> Result<u8, Error> {
-    let (expected, region, delay) = expectation(&args.target)?;
+    let (target, region, delay) = expectation(&args.target)?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let c = &args.cluster;
     let cluster = Cluster::connect(c.kubeconfig.as_deref(), c.kube_timeout, cluster::WATCH_READ_TIMEOUT).await?;
@@ -487,7 +513,7 @@ async fn watch(args: WatchArgs) -> Result<u8, Error> {
     let aws = Aws::new(&load_sdk_config(region).await, metrics.api_calls.clone())?;
     let config = watch::WatchConfig {
         settings: Settings {
-            expected,
+            target,
             selector: args.node_selector.clone(),
             policy: args.policy.policy(),
             deregistration_delay: delay,

@@ -134,26 +134,18 @@ pub fn check_proxy_service(expected_node_port: u16, proxy: &ProxyService) -> Opt
     }
 }
 
+/// What the unit tests of the pure core plan against: the `ip` group `gh` at 30080 with the
+/// proxy's ready path, and the handshake that describes it.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{IpFamily, ServiceNodePort};
+pub(crate) mod fixtures {
+    use super::Expected;
+    use crate::model::{IpFamily, TargetGroupFacts, TargetType};
 
-    fn expected() -> Expected {
-        Expected {
-            target_group_arn: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/gh/1"
-                .parse()
-                .expect("arn"),
-            target_group_name: Some("gh".into()),
-            node_port: 30080,
-            target_type: Some(TargetType::Ip),
-        }
-    }
-
-    fn live() -> TargetGroupFacts {
+    /// The live group `name`, as DescribeTargetGroups reports it.
+    pub fn target_group(name: &str) -> TargetGroupFacts {
         TargetGroupFacts {
-            arn: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/gh/1".into(),
-            name: "gh".into(),
+            arn: format!("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/{name}/1"),
+            name: name.into(),
             port: Some(30080),
             target_type: "ip".into(),
             family: IpFamily::V4,
@@ -161,6 +153,27 @@ mod tests {
             health_check_path: Some("/_gatehouse/ready".into()),
             vpc_id: Some("vpc-1".into()),
         }
+    }
+
+    /// The handshake's expectation of the group `gh`.
+    pub fn expected() -> Expected {
+        Expected {
+            target_group_arn: target_group("gh").arn.parse().expect("arn"),
+            target_group_name: Some("gh".into()),
+            node_port: 30080,
+            target_type: Some(TargetType::Ip),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::expected;
+    use super::*;
+    use crate::model::ServiceNodePort;
+
+    fn live() -> TargetGroupFacts {
+        fixtures::target_group("gh")
     }
 
     fn proxy(ports: Option<Vec<u16>>) -> ProxyService {

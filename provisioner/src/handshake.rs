@@ -1,16 +1,22 @@
-//! The Terraform module's handshake output (`gatehouse`), parsed and validated.
+//! The Terraform module's handshake, parsed and validated, in either of its two forms:
 //!
-//! Accepts both shapes Terraform prints: `terraform output -json` for the whole root
-//! (`{"gatehouse": {"sensitive": false, "type": [...], "value": {...}}, ...}`) and
-//! `terraform output -json gatehouse` (the bare object). Unknown fields are ignored.
+//! - its output `gatehouse`, as a file ([`load`]): both shapes Terraform prints are accepted,
+//!   `terraform output -json` for the whole root
+//!   (`{"gatehouse": {"sensitive": false, "type": [...], "value": {...}}, ...}`) and
+//!   `terraform output -json gatehouse` (the bare object); unknown fields are ignored;
+//! - the tags it puts on the target group when given a `cluster_name` ([`from_tags`]), by which
+//!   `--cluster NAME` finds the group: [`CLUSTER_TAG`], [`VERSION_TAG`], [`NODE_PORT_TAG`].
+//!   Everything else the provisioner needs is the group's own (type, address family, VPC, health
+//!   check, deregistration delay).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::drift::Expected;
-use crate::model::{TargetGroupArn, TargetType};
+use crate::model::{TargetGroupArn, TargetGroupFacts, TargetType};
 
 /// The only handshake schema this provisioner understands.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -111,6 +117,84 @@ pub fn parse(text: &str, path: &Path) -> Result<Handshake, HandshakeError> {
         health_check_port: fields.string("health_check_port")?,
         deregistration_delay_seconds: fields.number("deregistration_delay_seconds")?,
         vpc_id: fields.string("vpc_id")?,
+    })
+}
+
+/// The tag naming the cluster a target group serves (the module's `cluster_name`).
+pub const CLUSTER_TAG: &str = "gatehouse.dev/cluster";
+/// The tag carrying the handshake's schema version, [`SCHEMA_VERSION`].
+pub const VERSION_TAG: &str = "gatehouse.dev/handshake-version";
+/// The tag carrying the NodePort the module meant.
+pub const NODE_PORT_TAG: &str = "gatehouse.dev/node-port";
+
+/// A target group and its tags.
+pub type Tagged = (TargetGroupFacts, BTreeMap<String, String>);
+
+/// Why `--cluster` found no single target group to work on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TagError {
+    #[error(
+        "no target group at {endpoint} is tagged {CLUSTER_TAG}={cluster}: apply the gatehouse Terraform module with cluster_name = \"{cluster}\" (or pass --handshake FILE)"
+    )]
+    NotFound { cluster: String, endpoint: String },
+    #[error(
+        "{} target groups at {endpoint} are tagged {CLUSTER_TAG}={cluster} ({}): one cluster has one gatehouse target group",
+        names.len(),
+        names.join(", ")
+    )]
+    Several { cluster: String, endpoint: String, names: Vec<String> },
+    #[error("target group {name} is tagged {CLUSTER_TAG}={cluster}, but its {tag} is {found}: {why}")]
+    Invalid { cluster: String, name: String, tag: &'static str, found: String, why: String },
+}
+
+/// The expectation from the one target group tagged for `cluster`, among `tagged` (every group
+/// the account lists in the region, with its tags); `endpoint` only names where they were
+/// looked up. Pure.
+pub fn from_tags(cluster: &str, tagged: &[Tagged], endpoint: &str) -> Result<Expected, TagError> {
+    let matching: Vec<&Tagged> =
+        tagged.iter().filter(|(_, tags)| tags.get(CLUSTER_TAG).is_some_and(|c| c == cluster)).collect();
+    let (group, tags) = match matching[..] {
+        [one] => one,
+        [] => return Err(TagError::NotFound { cluster: cluster.to_owned(), endpoint: endpoint.to_owned() }),
+        _ => {
+            let mut names: Vec<String> = matching.iter().map(|(g, _)| g.name.clone()).collect();
+            names.sort();
+            return Err(TagError::Several { cluster: cluster.to_owned(), endpoint: endpoint.to_owned(), names });
+        }
+    };
+    let invalid = |tag: &'static str, found: Option<&String>, why: &str| TagError::Invalid {
+        cluster: cluster.to_owned(),
+        name: group.name.clone(),
+        tag,
+        found: found.map_or_else(|| "missing".to_owned(), |v| format!("{v:?}")),
+        why: why.to_owned(),
+    };
+    let version = tags.get(VERSION_TAG);
+    if version.map(String::as_str) != Some(SCHEMA_VERSION.to_string().as_str()) {
+        return Err(invalid(
+            VERSION_TAG,
+            version,
+            &format!("this provisioner understands only handshake version {SCHEMA_VERSION}"),
+        ));
+    }
+    let port = tags.get(NODE_PORT_TAG);
+    let node_port = port
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid(NODE_PORT_TAG, port, "not a port number"))?;
+    let target_group_arn = group.arn.parse().map_err(|why: String| TagError::Invalid {
+        cluster: cluster.to_owned(),
+        name: group.name.clone(),
+        tag: CLUSTER_TAG,
+        found: format!("{cluster:?}"),
+        why,
+    })?;
+    Ok(Expected {
+        target_group_arn,
+        target_group_name: Some(group.name.clone()),
+        node_port,
+        // The group's own type is what the provisioner registers by: nothing to compare it with.
+        target_type: None,
     })
 }
 
@@ -281,6 +365,64 @@ mod tests {
         assert!(err.to_string().starts_with("the handshake file h.tf is not valid JSON"), "{err}");
         let err = parse(r#"{"other": {"value": 1}}"#, Path::new("h.json")).expect_err("no output");
         assert!(matches!(err, HandshakeError::NoHandshake { .. }));
+    }
+
+    fn group(name: &str, tags: &[(&str, &str)]) -> Tagged {
+        let facts = crate::drift::fixtures::target_group(name);
+        (facts, tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    }
+
+    fn handshake_tags(cluster: &str) -> Vec<(&str, &str)> {
+        vec![(CLUSTER_TAG, cluster), (VERSION_TAG, "1"), (NODE_PORT_TAG, "30090")]
+    }
+
+    #[test]
+    fn the_one_target_group_tagged_for_the_cluster_is_the_expectation() {
+        let groups = [
+            group("other", &handshake_tags("staging")),
+            group("untagged", &[("team", "edge")]),
+            group("gh-prod", &handshake_tags("prod")),
+        ];
+        let e = from_tags("prod", &groups, "https://elb").expect("found");
+        assert_eq!(e.target_group_arn.as_str(), groups[2].0.arn);
+        assert_eq!((e.target_group_name.as_deref(), e.node_port, e.target_type), (Some("gh-prod"), 30090, None));
+    }
+
+    #[test]
+    fn no_or_several_tagged_target_groups_are_one_clear_error() {
+        let none = from_tags("prod", &[group("other", &handshake_tags("staging"))], "https://elb").expect_err("none");
+        assert_eq!(
+            none.to_string(),
+            "no target group at https://elb is tagged gatehouse.dev/cluster=prod: apply the gatehouse Terraform module with cluster_name = \"prod\" (or pass --handshake FILE)"
+        );
+        let two = [group("gh-b", &handshake_tags("prod")), group("gh-a", &handshake_tags("prod"))];
+        assert_eq!(
+            from_tags("prod", &two, "https://elb").expect_err("two").to_string(),
+            "2 target groups at https://elb are tagged gatehouse.dev/cluster=prod (gh-a, gh-b): one cluster has one gatehouse target group"
+        );
+        // The cluster name is matched exactly, not as a prefix or case-insensitively.
+        assert!(from_tags("Prod", &two, "https://elb").is_err());
+    }
+
+    #[test]
+    fn a_tagged_group_without_a_valid_version_or_node_port_is_refused_by_tag() {
+        let cases = [
+            (vec![(CLUSTER_TAG, "prod"), (NODE_PORT_TAG, "30080")], "gatehouse.dev/handshake-version is missing"),
+            (
+                vec![(CLUSTER_TAG, "prod"), (VERSION_TAG, "2"), (NODE_PORT_TAG, "30080")],
+                "gatehouse.dev/handshake-version is \"2\": this provisioner understands only handshake version 1",
+            ),
+            (vec![(CLUSTER_TAG, "prod"), (VERSION_TAG, "1")], "gatehouse.dev/node-port is missing: not a port number"),
+            (
+                vec![(CLUSTER_TAG, "prod"), (VERSION_TAG, "1"), (NODE_PORT_TAG, "70000")],
+                "gatehouse.dev/node-port is \"70000\": not a port number",
+            ),
+        ];
+        for (tags, why) in cases {
+            let err = from_tags("prod", &[group("gh", &tags)], "https://elb").expect_err(why).to_string();
+            assert!(err.starts_with("target group gh is tagged gatehouse.dev/cluster=prod, but its "), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
     }
 
     #[test]

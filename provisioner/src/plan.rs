@@ -457,28 +457,10 @@ mod tests {
     use crate::nodes::fixtures::*;
     use k8s_openapi::api::core::v1::Node;
 
-    fn expected() -> Expected {
-        Expected {
-            target_group_arn: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/gh/1"
-                .parse()
-                .expect("arn"),
-            target_group_name: Some("gh".into()),
-            node_port: 30080,
-            target_type: Some(TargetType::Ip),
-        }
-    }
+    use crate::drift::fixtures::expected;
 
     fn tg() -> TargetGroupFacts {
-        TargetGroupFacts {
-            arn: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/gh/1".into(),
-            name: "gh".into(),
-            port: Some(30080),
-            target_type: "ip".into(),
-            family: IpFamily::V4,
-            protocol: Some("HTTP".into()),
-            health_check_path: Some("/_gatehouse/ready".into()),
-            vpc_id: Some("vpc-1".into()),
-        }
+        crate::drift::fixtures::target_group("gh")
     }
 
     fn obs(id: &str, port: u16) -> ObservedTarget {

@@ -16,7 +16,7 @@ use crate::aws::{self, Aws, AwsError};
 use crate::cluster::KubeError;
 use crate::diff::{self, Policy};
 use crate::drift::{self, Expected, Finding};
-use crate::handshake::HandshakeError;
+use crate::handshake::{self, HandshakeError, TagError};
 use crate::inventory::InventoryError;
 use crate::lease::{Leadership, NotLeader};
 use crate::model::{ObservedTarget, Target, TargetGroupFacts, TargetType, VpcCidrs};
@@ -36,6 +36,8 @@ pub enum Error {
     Aws(#[from] AwsError),
     #[error(transparent)]
     NotLeader(#[from] NotLeader),
+    #[error(transparent)]
+    Tags(#[from] TagError),
     #[error("{0}")]
     TargetGroup(Finding),
     #[error(
@@ -62,10 +64,20 @@ impl Error {
     }
 }
 
+/// Where the expectation comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSource {
+    /// A handshake file, or `--target-group-arn` with `--node-port`.
+    Expected(Expected),
+    /// `--cluster NAME`: the target group the module tagged for this cluster, looked up when a
+    /// session opens anew (at the start, and after the group it had is gone).
+    Cluster(String),
+}
+
 /// What stays the same for every run of a session.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub expected: Expected,
+    pub target: TargetSource,
     pub selector: Selector,
     pub policy: Policy,
     /// From the handshake; read from the target group when needed and unknown.
@@ -79,6 +91,8 @@ pub struct Settings {
 pub struct Session {
     aws: Aws,
     settings: Settings,
+    /// What the group is checked against: the handshake's, or what its tags say.
+    expected: Expected,
     target_group: TargetGroupFacts,
     target_type: TargetType,
     vpc: VpcCidrs,
@@ -87,17 +101,35 @@ pub struct Session {
 }
 
 impl Session {
-    /// Reads the target group once (DescribeTargetGroups), and for an `ip` group its VPC's CIDR
-    /// blocks (DescribeVpcs), and checks the group against the expectation. A missing or
-    /// replaced target group is an error: there is nothing to register into.
+    /// With `--cluster`, first finds the target group by its tags (every group's, read with
+    /// DescribeTargetGroups and DescribeTags). Then reads the target group once
+    /// (DescribeTargetGroups), and for an `ip` group its VPC's CIDR blocks (DescribeVpcs), and
+    /// checks the group against the expectation. A missing or replaced target group is an
+    /// error: there is nothing to register into.
     pub async fn open(aws: Aws, settings: Settings) -> Result<Self, Error> {
-        let arn = settings.expected.target_group_arn.as_str();
+        let expected = match &settings.target {
+            TargetSource::Expected(expected) => expected.clone(),
+            TargetSource::Cluster(cluster) => {
+                handshake::from_tags(cluster, &aws.tagged_target_groups().await?, aws.endpoint())?
+            }
+        };
+        Self::open_expecting(aws, settings, expected).await
+    }
+
+    /// Opens the same target group again (a resync): the expectation found when this session
+    /// opened stands, so `--cluster` does not look the group up by its tags again.
+    pub async fn reopen(&self) -> Result<Self, Error> {
+        Self::open_expecting(self.aws.clone(), self.settings.clone(), self.expected.clone()).await
+    }
+
+    async fn open_expecting(aws: Aws, settings: Settings, expected: Expected) -> Result<Self, Error> {
+        let arn = expected.target_group_arn.as_str();
         let Some(target_group) = aws.target_group(arn).await? else {
-            let same_name = match &settings.expected.target_group_name {
+            let same_name = match &expected.target_group_name {
                 Some(name) => aws.target_group_named(name).await?,
                 None => None,
             };
-            return Err(Error::TargetGroup(drift::missing(&settings.expected, same_name.as_ref())));
+            return Err(Error::TargetGroup(drift::missing(&expected, same_name.as_ref())));
         };
         // Targets are mapped by the group's own type: with a type drift, registering the
         // handshake's type would only be refused by AWS.
@@ -109,19 +141,19 @@ impl Session {
             (Some(vpc_id), TargetType::Ip) => aws.vpc_cidrs(vpc_id).await?,
             _ => VpcCidrs::default(),
         };
-        let drift = drift::check_target_group(&settings.expected, &target_group);
-        Ok(Self { aws, settings, target_group, target_type, vpc, drift })
+        let drift = drift::check_target_group(&expected, &target_group);
+        Ok(Self { aws, settings, expected, target_group, target_type, vpc, drift })
     }
 
     /// The group's targets as the ALB sees them: one DescribeTargetHealth.
     pub async fn observe(&self) -> Result<Vec<ObservedTarget>, Error> {
-        Ok(self.aws.target_health(&self.target_group.arn, self.settings.expected.node_port, &[]).await?)
+        Ok(self.aws.target_health(&self.target_group.arn, self.expected.node_port, &[]).await?)
     }
 
     /// Plans one run against `observed`. Pure.
     pub fn plan(&self, cluster: &ClusterView, observed: &[ObservedTarget]) -> Plan {
         plan::plan(plan::Inputs {
-            expected: &self.settings.expected,
+            expected: &self.expected,
             target_group: &self.target_group,
             target_type: self.target_type,
             vpc: &self.vpc,
@@ -173,7 +205,7 @@ impl Session {
             Some(d) => Some(d),
             None => self.aws.deregistration_delay(&self.target_group.arn).await?.map(Duration::from_secs),
         };
-        let port = self.settings.expected.node_port;
+        let port = self.expected.node_port;
         loop {
             let observed = self.aws.target_health(&self.target_group.arn, port, targets).await?;
             let still: Vec<String> = observed

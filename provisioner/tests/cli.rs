@@ -506,3 +506,97 @@ fn usage_errors_exit_1_not_the_changes_pending_code() {
     let o = Command::new(BIN).args(["plan", "--help"]).output().expect("run");
     assert_eq!(o.status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn with_cluster_the_target_group_is_the_one_the_module_tagged() {
+    let tg = TargetGroupFixture::ip().await;
+    let other = TargetGroupFixture::ip().await;
+    let cluster = support::unique_name("prod");
+    tg.tag_for_cluster(&cluster).await;
+    // Another cluster's group, in the same account and region, is not it.
+    other.tag_for_cluster(&format!("{cluster}-b")).await;
+    let nodes = tg.write_nodes(&three_nodes());
+    let (code, out, err) = text(&run(&["plan", "--cluster", &cluster, "--nodes-from", p(&nodes)]));
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.starts_with(&format!(
+            "Target group {} ({}), target type ip (ipv4), NodePort {NODE_PORT}\n",
+            tg.name, tg.arn
+        )),
+        "{out}"
+    );
+    let (code, out, err) = text(&run(&["sync", "--cluster", &cluster, "--nodes-from", p(&nodes)]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(tg.registered().await.len(), 3);
+    assert!(other.registered().await.is_empty(), "the other cluster's group is untouched");
+    // GATEHOUSE_CLUSTER says the same (the Helm chart could pass either).
+    let o = Command::new(BIN)
+        .args(["plan", "--nodes-from", p(&nodes)])
+        .env("GATEHOUSE_CLUSTER", &cluster)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run");
+    let (code, out, err) = text(&o);
+    assert_eq!(code, 0, "in step now: {out}{err}");
+    tg.cleanup().await;
+    other.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_cluster_no_or_two_tagged_groups_are_one_sentence_errors() {
+    let tg = TargetGroupFixture::ip().await;
+    let nodes = tg.write_nodes(&three_nodes());
+    let cluster = support::unique_name("nobody");
+    let (code, out, err) = text(&run(&["plan", "--cluster", &cluster, "--nodes-from", p(&nodes)]));
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_one_sentence(&err);
+    assert!(
+        err.contains(&format!("is tagged gatehouse.dev/cluster={cluster}: apply the gatehouse Terraform module with cluster_name = \"{cluster}\"")),
+        "{err}"
+    );
+
+    let twin = TargetGroupFixture::ip().await;
+    tg.tag_for_cluster(&cluster).await;
+    twin.tag_for_cluster(&cluster).await;
+    let (code, _, err) = text(&run(&["sync", "--cluster", &cluster, "--nodes-from", p(&nodes)]));
+    assert_eq!(code, 1, "{err}");
+    assert_one_sentence(&err);
+    let mut names = [tg.name.clone(), twin.name.clone()];
+    names.sort();
+    assert!(err.contains("2 target groups at ") && err.contains(&names.join(", ")), "{err}");
+    assert!(tg.registered().await.is_empty() && twin.registered().await.is_empty(), "nothing written");
+
+    // A group tagged with a NodePort that is no port.
+    twin.cleanup().await;
+    tg.tag(&[("gatehouse.dev/node-port", "http")]).await;
+    let (code, _, err) = text(&run(&["plan", "--cluster", &cluster, "--nodes-from", p(&nodes)]));
+    assert_eq!(code, 1, "{err}");
+    assert_one_sentence(&err);
+    assert!(err.trim_end().ends_with("but its gatehouse.dev/node-port is \"http\": not a port number"), "{err}");
+    tg.cleanup().await;
+}
+
+#[test]
+fn cluster_is_one_way_to_name_the_target_group_and_checked_locally() {
+    // No emulator needed: refused before anything runs.
+    let o = Command::new(BIN).args(["plan", "--cluster", "prod", "--handshake", "h.json"]).output().expect("run");
+    let (code, _, err) = text(&o);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("error: the argument '--cluster <NAME>' cannot be used with '--handshake <FILE>'"),
+        "{err}"
+    );
+    let o = Command::new(BIN).args(["plan", "--cluster", "prod/eu"]).output().expect("run");
+    let (code, _, err) = text(&o);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("\"prod/eu\" is not a cluster name"), "{err}");
+    let o = Command::new(BIN)
+        .args(["plan"])
+        .env_remove("GATEHOUSE_HANDSHAKE")
+        .env_remove("GATEHOUSE_CLUSTER")
+        .output()
+        .expect("run");
+    let (code, _, err) = text(&o);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--handshake <FILE>"), "{err}");
+}

@@ -37,6 +37,8 @@ pub struct ReplicaSpec {
     /// Attempts per AWS operation (the SDK's retries); `None`: the provisioner's own setting.
     pub sdk_attempts: Option<u32>,
     pub policy: gatehouse_provisioner::diff::Policy,
+    /// `--cluster NAME`: the target group is found by its tags, not given.
+    pub cluster: Option<String>,
 }
 
 impl ReplicaSpec {
@@ -54,6 +56,7 @@ impl ReplicaSpec {
             retry_period: Duration::from_millis(500),
             sdk_attempts: None,
             policy: gatehouse_provisioner::diff::Policy::default(),
+            cluster: None,
         }
     }
 }
@@ -100,6 +103,9 @@ impl Replica {
         let cluster = Cluster::new(client, kube_url.to_owned(), Duration::from_secs(5));
         let mut settings = tg.settings(Some(Duration::ZERO));
         settings.policy = spec.policy;
+        if let Some(cluster) = &spec.cluster {
+            settings.target = gatehouse_provisioner::session::TargetSource::Cluster(cluster.clone());
+        }
         let config = WatchConfig {
             settings,
             proxy_service: spec.proxy_service.clone(),

@@ -108,12 +108,12 @@ impl TargetGroupFixture {
         deregistration_delay: Option<std::time::Duration>,
     ) -> gatehouse_provisioner::session::Settings {
         gatehouse_provisioner::session::Settings {
-            expected: gatehouse_provisioner::drift::Expected {
+            target: gatehouse_provisioner::session::TargetSource::Expected(gatehouse_provisioner::drift::Expected {
                 target_group_arn: self.arn.parse().expect("the emulator's target group ARN"),
                 target_group_name: Some(self.name.clone()),
                 node_port: NODE_PORT,
                 target_type: Some(gatehouse_provisioner::model::TargetType::Ip),
-            },
+            }),
             selector: gatehouse_provisioner::nodes::Selector::default(),
             policy: gatehouse_provisioner::diff::Policy::default(),
             deregistration_delay,
@@ -172,6 +172,23 @@ impl TargetGroupFixture {
             .collect()
     }
 
+    /// Tags the group as the Terraform module does with `cluster_name = cluster`.
+    pub async fn tag_for_cluster(&self, cluster: &str) {
+        self.tag(&[
+            ("gatehouse.dev/cluster", cluster),
+            ("gatehouse.dev/handshake-version", "1"),
+            ("gatehouse.dev/node-port", &NODE_PORT.to_string()),
+        ])
+        .await;
+    }
+
+    /// Adds tags to the group.
+    pub async fn tag(&self, tags: &[(&str, &str)]) {
+        let tags =
+            tags.iter().map(|(k, v)| aws_sdk_elasticloadbalancingv2::types::Tag::builder().key(*k).value(*v).build());
+        self.elb.add_tags().resource_arns(&self.arn).set_tags(Some(tags.collect())).send().await.expect("AddTags");
+    }
+
     /// Registers a target behind the provisioner's back (another tool, a human).
     pub async fn register_directly(&self, id: &str, port: u16) {
         self.elb
@@ -189,6 +206,21 @@ impl TargetGroupFixture {
         let _ = self.elb.delete_target_group().target_group_arn(&self.arn).send().await;
         let _ = self.ec2.delete_vpc().vpc_id(&self.vpc_id).send().await;
     }
+}
+
+/// The name of the i-th node of a large test cluster: `node-0042`.
+pub fn nth_node_name(i: usize) -> String {
+    format!("node-{i:04}")
+}
+
+/// The InternalIP of the i-th node: 10.42.x.y, 250 nodes to a /24.
+pub fn nth_node_ip(i: usize) -> String {
+    format!("10.42.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// The i-th node's target at [`NODE_PORT`], as `id:port`.
+pub fn nth_node_target(i: usize) -> String {
+    format!("{}:{NODE_PORT}", nth_node_ip(i))
 }
 
 /// A Node as `kubectl get nodes -o json` prints it: Ready, schedulable, with an InternalIP.

@@ -11,23 +11,13 @@ use gatehouse_tests::kube_api::FakeApiServer;
 use gatehouse_tests::kube_api::fixtures::{node, service};
 use gatehouse_tests::kube_api::fleet::ProxyFleet;
 use gatehouse_tests::provisioner_replica::{Replica, ReplicaSpec, wait_for};
-use gatehouse_tests::provisioner_support::{NODE_PORT, TargetGroupFixture, endpoint};
+use gatehouse_tests::provisioner_support::{
+    NODE_PORT, TargetGroupFixture, endpoint, nth_node_ip as ip, nth_node_name as name, nth_node_target as target,
+};
 use tokio::time::Instant;
 
 /// As many nodes as the budget tests use: the hung leader's reconcile in flight plans them all.
 const NODES: usize = 1000;
-
-fn name(i: usize) -> String {
-    format!("node-{i:04}")
-}
-
-fn ip(i: usize) -> String {
-    format!("10.42.{}.{}", i / 250, i % 250 + 1)
-}
-
-fn target(i: usize) -> String {
-    format!("{}:{NODE_PORT}", ip(i))
-}
 
 /// The RegisterTargets/DeregisterTargets requests that reached the emulator.
 fn writes(proxy: &FaultProxy) -> Vec<Call> {

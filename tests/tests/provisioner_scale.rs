@@ -22,7 +22,9 @@ use gatehouse_tests::kube_api::fixtures::{node, service};
 use gatehouse_tests::kube_api::fleet::ProxyFleet;
 use gatehouse_tests::kube_api::{FakeApiServer, ResourceKind};
 use gatehouse_tests::provisioner_replica::{Replica, ReplicaSpec, eventually, wait_for};
-use gatehouse_tests::provisioner_support::{NODE_PORT, TargetGroupFixture, endpoint};
+use gatehouse_tests::provisioner_support::{
+    NODE_PORT, TargetGroupFixture, endpoint, nth_node_ip as ip, nth_node_name as name, nth_node_target as target,
+};
 use k8s_openapi::api::core::v1::Node;
 use tokio::time::Instant;
 
@@ -31,18 +33,6 @@ const NODES: usize = 1000;
 /// The resync interval of the replica: longer than the throttled window below, so that at most
 /// one resync falls into it.
 const RESYNC: Duration = Duration::from_secs(25);
-
-fn name(i: usize) -> String {
-    format!("node-{i:04}")
-}
-
-fn ip(i: usize) -> String {
-    format!("10.42.{}.{}", i / 250, i % 250 + 1)
-}
-
-fn target(i: usize) -> String {
-    format!("{}:{NODE_PORT}", ip(i))
-}
 
 /// A kubelet's status update with nothing changed but the heartbeat time.
 fn heartbeat(i: usize, beat: u64) -> Node {

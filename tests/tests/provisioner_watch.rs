@@ -8,7 +8,7 @@
 //! emulator): Kubernetes API errors, watch disconnects, a forced re-list and an empty node list
 //! never deregister a node; AWS faults mid-reconcile are retried and never deregister a healthy
 //! node; a failed reconcile keeps its session, so its retries do not re-read the target group;
-//! and when the holder loses the lease to API errors (not a release), the two replicas never
+//! with `--cluster`, the group is found by its tags, again when the module replaced it; and when the holder loses the lease to API errors (not a release), the two replicas never
 //! write at the same time nor undo each other's writes. `sync` under faults: provisioner_faults.rs.
 //! At 1,000 nodes: provisioner_scale.rs; a hung leader: provisioner_leader.rs; the proxy's
 //! readiness and the readiness gate: provisioner_gates.rs.
@@ -292,6 +292,33 @@ async fn a_failed_reconcile_keeps_its_session_and_retries_read_only_target_healt
     assert_eq!(aws.calls_of("DescribeTargetGroups").len(), 1);
     replica.shutdown().await;
     tg.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_cluster_watch_finds_the_tagged_group_and_follows_it_when_the_module_replaces_it() {
+    let old = TargetGroupFixture::ip().await;
+    let name = gatehouse_tests::provisioner_support::unique_name("prod");
+    old.tag_for_cluster(&name).await;
+    let fake = FakeApiServer::start().await;
+    let _fleet = cluster(&fake, &[("node-a", "10.42.0.11"), ("node-b", "10.42.0.12")]);
+    let spec = ReplicaSpec {
+        cluster: Some(name.clone()),
+        resync: Duration::from_millis(500),
+        ..ReplicaSpec::new("replica-1")
+    };
+    let replica = Replica::start(spec, &old, &fake).await;
+    wait_for(&old, Duration::from_secs(15), "registered in the tagged group", |r| r.len() == 2).await;
+
+    // Terraform replaces the group (a changed port, say): the new one carries the tags, the old
+    // one goes. The next resync finds the old one gone and the new one by its tags.
+    let new = TargetGroupFixture::ip().await;
+    new.tag_for_cluster(&name).await;
+    old.elb.delete_target_group().target_group_arn(&old.arn).send().await.expect("DeleteTargetGroup");
+    let took = wait_for(&new, Duration::from_secs(15), "registered in the new group", |r| r.len() == 2).await;
+    eprintln!("the replaced target group was found by its tags and filled {took:.2?} after the old one went");
+    replica.shutdown().await;
+    old.cleanup().await;
+    new.cleanup().await;
 }
 
 #[tokio::test]

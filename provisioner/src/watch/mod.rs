@@ -339,7 +339,13 @@ impl Controller {
         let view = shared.state().view();
         let mut work = *left;
         if work == Work::Full || self.session.is_none() {
-            self.session = Some(Session::open(self.aws.clone(), self.config.settings.clone()).await?);
+            // A resync re-reads the group the session has; only a session that is gone (or
+            // never was) finds the group anew, which with --cluster means by its tags.
+            let opened = match &self.session {
+                Some(session) => session.reopen().await?,
+                None => Session::open(self.aws.clone(), self.config.settings.clone()).await?,
+            };
+            self.session = Some(opened);
             work = Work::Full;
             if *left == Work::Full {
                 *left = Work::Alb;

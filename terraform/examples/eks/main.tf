@@ -48,6 +48,8 @@ module "edge_ingress" {
   target_type            = "instance"
   node_port              = var.node_port
   node_security_group_id = local.node_security_group_id
+  # The handshake as tags: the chart's clusterName finds the target group.
+  cluster_name = data.aws_eks_cluster.this.name
 
   create_iam_policy = true
 

@@ -94,6 +94,8 @@ module "edge_ingress" {
 
   target_type = "ip"
   node_port   = var.node_port
+  # The handshake as tags: `gatehouse-provisioner --cluster <cluster_name>` finds the group.
+  cluster_name = var.cluster_name
 
   # An internet-facing ALB needs its subnets routed to an internet gateway.
   depends_on = [aws_route.internet, aws_route_table_association.public]

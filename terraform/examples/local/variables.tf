@@ -15,3 +15,9 @@ variable "node_port" {
   type        = number
   default     = 30080
 }
+
+variable "cluster_name" {
+  description = "The cluster name the target group is tagged with, by which `gatehouse-provisioner --cluster` finds it; tests pass a unique one."
+  type        = string
+  default     = "gatehouse-local"
+}

@@ -20,6 +20,17 @@ locals {
 
   listener_ports = local.https_enabled ? toset(["80", "443"]) : toset(["80"])
 
+  # The handshake as the target group's tags, for `gatehouse-provisioner --cluster`: which cluster
+  # the group serves, which handshake schema, and the NodePort (the group's own port says it too,
+  # but the provisioner checks the live group against what the module meant). Everything else it
+  # needs is the group's own (type, address family, VPC, health check, deregistration delay).
+  # Merged last, so `tags` cannot override them.
+  handshake_tags = var.cluster_name == null ? {} : {
+    "gatehouse.dev/cluster"           = var.cluster_name
+    "gatehouse.dev/handshake-version" = "1"
+    "gatehouse.dev/node-port"         = tostring(var.node_port)
+  }
+
   # Egress to CIDRs only when there is no node security group to point at. The VPC's block is only
   # known after apply when the VPC is created alongside, so rules are keyed by index, not by CIDR.
   target_cidr_blocks = var.node_security_group_id != null ? [] : (
@@ -164,7 +175,7 @@ resource "aws_lb_target_group" "this" {
     unhealthy_threshold = var.unhealthy_threshold
   }
 
-  tags = var.tags
+  tags = merge(var.tags, local.handshake_tags)
 
   lifecycle {
     precondition {
@@ -250,10 +261,12 @@ locals {
         # ELBv2's Describe* actions do not support resource-level permissions: AWS authorises them
         # only with Resource "*", so a statement scoped to the target group ARN would never match
         # them. All are read-only. DescribeTargetGroupAttributes reads the deregistration delay
-        # (`sync --wait-drain` without a handshake).
+        # (`sync --wait-drain` without a handshake); DescribeTags finds the target group by its
+        # handshake tags (`--cluster`).
         Sid    = "ReadTargetGroupsAndTargetHealth"
         Effect = "Allow"
         Action = [
+          "elasticloadbalancing:DescribeTags",
           "elasticloadbalancing:DescribeTargetGroupAttributes",
           "elasticloadbalancing:DescribeTargetGroups",
           "elasticloadbalancing:DescribeTargetHealth",

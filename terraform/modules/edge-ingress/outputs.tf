@@ -22,6 +22,7 @@ output "gatehouse" {
     health_check_port            = var.health_check_port
     deregistration_delay_seconds = var.deregistration_delay
     vpc_id                       = var.vpc_id
+    cluster_name                 = var.cluster_name
   }
 }
 

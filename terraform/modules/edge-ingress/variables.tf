@@ -50,6 +50,18 @@ variable "tags" {
   default     = {}
 }
 
+variable "cluster_name" {
+  description = "The Kubernetes cluster whose nodes the target group serves. When set, the target group carries the handshake as tags (gatehouse.dev/cluster, gatehouse.dev/handshake-version, gatehouse.dev/node-port), by which `gatehouse-provisioner --cluster <cluster_name>` (the Helm chart's clusterName) finds it; null: only the `gatehouse` output carries the handshake."
+  type        = string
+  default     = null
+
+  validation {
+    # EKS's cluster name rule; any such name is also a valid tag value.
+    condition     = var.cluster_name == null || can(regex("^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$", var.cluster_name))
+    error_message = "cluster_name must be 1-100 letters, digits, hyphens or underscores, starting with a letter or digit (the EKS cluster name rule)."
+  }
+}
+
 ################################################################################
 # Who may reach the load balancer
 ################################################################################

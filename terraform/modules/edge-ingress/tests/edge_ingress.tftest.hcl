@@ -191,7 +191,9 @@ run "handshake_output_describes_the_target_group_for_the_provisioner" {
   }
 
   assert {
-    condition = output.gatehouse == {
+    # Compared as JSON: a literal's null has no type of its own, so `==` on the objects would
+    # always be false.
+    condition = jsonencode(output.gatehouse) == jsonencode({
       schema_version               = 1
       region                       = "us-east-1"
       load_balancer_arn            = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/gh-test/0123456789abcdef"
@@ -206,9 +208,53 @@ run "handshake_output_describes_the_target_group_for_the_provisioner" {
       health_check_port            = "traffic-port"
       deregistration_delay_seconds = 15
       vpc_id                       = "vpc-0123456789abcdef0"
-    }
+      cluster_name                 = null
+    })
     error_message = "The gatehouse handshake output must carry exactly the agreed fields and values."
   }
+  assert {
+    condition     = length([for k in keys(aws_lb_target_group.this.tags) : k if startswith(k, "gatehouse.dev/")]) == 0
+    error_message = "Without cluster_name the target group carries no handshake tags."
+  }
+}
+
+run "with_a_cluster_name_the_target_group_carries_the_handshake_as_tags" {
+  command = plan
+
+  variables {
+    cluster_name = "prod-eu"
+    node_port    = 30090
+    # A user's tag of the same key does not override the handshake.
+    tags = { team = "edge", "gatehouse.dev/cluster" = "other" }
+  }
+
+  assert {
+    condition = aws_lb_target_group.this.tags == tomap({
+      team                              = "edge"
+      "gatehouse.dev/cluster"           = "prod-eu"
+      "gatehouse.dev/handshake-version" = "1"
+      "gatehouse.dev/node-port"         = "30090"
+    })
+    error_message = "The target group must carry exactly the handshake tags (cluster, schema version, NodePort) beside the user's."
+  }
+  assert {
+    condition     = aws_lb.this.tags["gatehouse.dev/cluster"] == "other"
+    error_message = "Only the target group carries the handshake: the provisioner looks up target groups alone."
+  }
+  assert {
+    condition     = output.gatehouse.cluster_name == "prod-eu"
+    error_message = "The handshake output names the cluster too."
+  }
+}
+
+run "a_cluster_name_outside_the_eks_rule_is_refused" {
+  command = plan
+
+  variables {
+    cluster_name = "prod/eu"
+  }
+
+  expect_failures = [var.cluster_name]
 }
 
 run "provisioner_policy_registers_only_in_this_target_group" {
@@ -239,6 +285,7 @@ run "provisioner_policy_registers_only_in_this_target_group" {
       for s in jsondecode(output.iam_policy_json).Statement :
       s.Effect == "Allow" &&
       toset(s.Action) == toset([
+        "elasticloadbalancing:DescribeTags",
         "elasticloadbalancing:DescribeTargetGroups",
         "elasticloadbalancing:DescribeTargetHealth",
         "elasticloadbalancing:DescribeTargetGroupAttributes",
@@ -261,9 +308,10 @@ run "provisioner_policy_registers_only_in_this_target_group" {
       "elasticloadbalancing:DescribeTargetGroups",
       "elasticloadbalancing:DescribeTargetHealth",
       "elasticloadbalancing:DescribeTargetGroupAttributes",
+      "elasticloadbalancing:DescribeTags",
       "ec2:DescribeVpcs",
     ])
-    error_message = "The provisioner policy must grant nothing beyond the six calls the provisioner makes."
+    error_message = "The provisioner policy must grant nothing beyond the seven calls the provisioner makes."
   }
   assert {
     condition     = length(aws_iam_policy.provisioner) == 0 && output.iam_policy_arn == null
