@@ -2,7 +2,7 @@
 //! cluster holds (a kubelet-reported Node, a NodePort Service, a controller-made EndpointSlice).
 //!
 //! ```
-//! use gatehouse_tests::kube_api::fixtures::{endpoint_slice, node, service};
+//! use gatehouse_tests::kube_api::fixtures::{endpoint_slice, node, pod, service};
 //! let n = node("ip-10-0-1-11", "127.0.0.11").ready(true).provider_id("aws:///us-east-1a/i-0abc").build();
 //! let s = service("gatehouse", "service-api-foo").port("http", 80, Some(30080)).build();
 //! let e = endpoint_slice("gatehouse", "service-api-foo", [("127.0.0.1", 9001, true)], "http");
