@@ -129,7 +129,7 @@ pub(crate) async fn forward(
         Ok(up) => up,
         Err(error) if streaming => return fail_closed(conn, x, version, request_kind, error).await,
         Err(error) => {
-            let keep = conn.answer(x, error.answer(), version, request_kind == RequestKind::Head, Some(error)).await;
+            let keep = upstream_failed(conn, x, version, request_kind, error).await;
             return keep && keep_alive_request;
         }
     };
@@ -183,8 +183,7 @@ pub(crate) async fn forward(
                     }
                 };
                 let keep = !streaming && keep_alive_request;
-                let answered =
-                    conn.answer(x, error.answer(), version, request_kind == RequestKind::Head, Some(error)).await;
+                let answered = upstream_failed(conn, x, version, request_kind, error).await;
                 return answered && keep;
             }
         }
@@ -201,15 +200,7 @@ pub(crate) async fn forward(
     if (switching && !(websocket && is_websocket_upgrade(upstream_buf, &resp.headers))) || resp.unrelayable_coding {
         shared.metrics.upstream_error(UpstreamErrorKind::Protocol);
         let keep = matches!(sent, Sent::Complete) && keep_alive_request;
-        let answered = conn
-            .answer(
-                x,
-                ProxyError::UpstreamProtocol.answer(),
-                version,
-                request_kind == RequestKind::Head,
-                Some(ProxyError::UpstreamProtocol),
-            )
-            .await;
+        let answered = upstream_failed(conn, x, version, request_kind, ProxyError::UpstreamProtocol).await;
         return answered && keep;
     }
     if switching {
@@ -226,7 +217,7 @@ pub(crate) async fn forward(
         x.head_sent = None;
         x.outcome = Outcome::Complete;
         let error = ProxyError::UpstreamProtocol;
-        conn.answer(x, error.answer(), version, request_kind == RequestKind::Head, Some(error)).await;
+        upstream_failed(conn, x, version, request_kind, error).await;
         return false;
     }
     let reuse = Reuse {
